@@ -1,0 +1,276 @@
+/* api.c - the public surface for models, tokenizer and contexts: argument checks, params structs,
+ * handle lifetimes. The work itself is in model.c, tokenizer.c and forward.c. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "error.h"
+#include "model.h"
+#include "params.h"
+
+#define CHECK_ARG(cond, ...) RETURN_ERROR_IF(!(cond), LMOE_ERR_INVALID_ARGUMENT, __VA_ARGS__)
+
+/* The context's KV cache is indexed with 32-bit positions. */
+#define MAX_N_CTX (1u << 30)
+#define MAX_THREADS 512
+
+const char *lmoe_version(void) { return LMOE_VERSION_STRING; }
+
+int lmoe_version_number(void) { return LMOE_VERSION_NUMBER; }
+
+/* ------------------------------------------------------------------------------------------------
+ * model
+ * ---------------------------------------------------------------------------------------------- */
+
+static const lmoe_model_params model_defaults = {
+    .struct_size = sizeof(lmoe_model_params),
+    .log_level = LMOE_LOG_WARN,
+};
+
+lmoe_status lmoe_model_default_params(lmoe_model_params *params, size_t params_size) {
+    return params_write_defaults(params, params_size, &model_defaults, sizeof model_defaults,
+                                 sizeof model_defaults, "model params");
+}
+
+lmoe_status lmoe_model_load(const char *path, const lmoe_model_params *params, lmoe_model **out) {
+    CHECK_ARG(out, "lmoe_model_load: out is NULL");
+    *out = NULL;
+    CHECK_ARG(path, "lmoe_model_load: path is NULL");
+    lmoe_model_params p = model_defaults;
+    if (params)
+        FORWARD_IF_ERROR(params_read(&p, sizeof p, params, sizeof model_defaults, "model params"));
+    gguf_file *file;
+    FORWARD_IF_ERROR(gguf_open(path, &file));
+    lmoe_model *model;
+    lmoe_status st = model_load_from_gguf(file, p.vocab_only != 0, &model);
+    if (st != LMOE_OK) return lmoe_error_prefix(st, "%s", path);
+    model->logger = (lmoe_logger){p.log_fn, p.log_user, p.log_level};
+    const llama_hparams *hp = &model->hp;
+    lmoe_log(&model->logger, LMOE_LOG_INFO,
+             "loaded %s: %s, %s, vocab %u, embd %u, layers %u, heads %u/%u, ff %u, %" PRIu64
+             " parameters",
+             path, model->architecture[0] ? model->architecture : "(no architecture)",
+             model->has_weights ? "weights" : "vocabulary only", hp->n_vocab, hp->n_embd,
+             hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_ff, model->n_params);
+    *out = model;
+    return LMOE_OK;
+}
+
+void lmoe_model_free(lmoe_model *model) { model_free(model); }
+
+lmoe_status lmoe_model_get_info(const lmoe_model *model, lmoe_model_info *info, size_t info_size) {
+    CHECK_ARG(model && info, "lmoe_model_get_info: model or info is NULL");
+    CHECK_ARG(info_size >= sizeof(lmoe_model_info), "lmoe_model_get_info: info_size %zu is "
+              "smaller than the struct (%zu)", info_size, sizeof(lmoe_model_info));
+    const llama_hparams *hp = &model->hp;
+    lmoe_model_info full = {
+        .struct_size = sizeof full,
+        .has_weights = model->has_weights,
+        .n_vocab = (int32_t)hp->n_vocab,
+        .n_ctx_train = (int32_t)(hp->n_ctx_train > INT32_MAX ? INT32_MAX : hp->n_ctx_train),
+        .n_embd = (int32_t)hp->n_embd,
+        .n_layer = (int32_t)hp->n_layer,
+        .n_head = (int32_t)hp->n_head,
+        .n_head_kv = (int32_t)hp->n_head_kv,
+        .n_ff = (int32_t)hp->n_ff,
+        .rms_norm_eps = hp->rms_eps,
+        .rope_freq_base = hp->rope_theta,
+        .n_params = model->n_params,
+        .n_params_active = model->n_params,
+        .n_bytes = model->n_bytes,
+    };
+    memcpy(full.architecture, model->architecture, sizeof full.architecture);
+    memcpy(full.name, model->name, sizeof full.name);
+    size_t n = info_size < sizeof full ? info_size : sizeof full;
+    memcpy(info, &full, n);
+    info->struct_size = n;
+    return LMOE_OK;
+}
+
+/* Formats element value p of type t as text into out (at least 64 bytes). */
+static void format_scalar(gguf_type t, const uint8_t *p, char *out, size_t out_size) {
+    union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32;
+            uint64_t u64; int64_t i64; float f32; double f64; } v;
+    switch (t) {
+    case GGUF_TYPE_UINT8: memcpy(&v.u8, p, 1); snprintf(out, out_size, "%u", v.u8); break;
+    case GGUF_TYPE_INT8: memcpy(&v.i8, p, 1); snprintf(out, out_size, "%d", v.i8); break;
+    case GGUF_TYPE_UINT16: memcpy(&v.u16, p, 2); snprintf(out, out_size, "%u", v.u16); break;
+    case GGUF_TYPE_INT16: memcpy(&v.i16, p, 2); snprintf(out, out_size, "%d", v.i16); break;
+    case GGUF_TYPE_UINT32: memcpy(&v.u32, p, 4); snprintf(out, out_size, "%" PRIu32, v.u32); break;
+    case GGUF_TYPE_INT32: memcpy(&v.i32, p, 4); snprintf(out, out_size, "%" PRId32, v.i32); break;
+    case GGUF_TYPE_UINT64: memcpy(&v.u64, p, 8); snprintf(out, out_size, "%" PRIu64, v.u64); break;
+    case GGUF_TYPE_INT64: memcpy(&v.i64, p, 8); snprintf(out, out_size, "%" PRId64, v.i64); break;
+    case GGUF_TYPE_FLOAT32: memcpy(&v.f32, p, 4); snprintf(out, out_size, "%.9g", (double)v.f32); break;
+    case GGUF_TYPE_FLOAT64: memcpy(&v.f64, p, 8); snprintf(out, out_size, "%.17g", v.f64); break;
+    case GGUF_TYPE_BOOL: snprintf(out, out_size, "%s", *p ? "true" : "false"); break;
+    default: snprintf(out, out_size, "?"); break;
+    }
+}
+
+lmoe_status lmoe_model_meta_string(const lmoe_model *model, const char *key, char *buf,
+                                   size_t buf_size, size_t *len) {
+    CHECK_ARG(model && key, "lmoe_model_meta_string: model or key is NULL");
+    CHECK_ARG(buf || buf_size == 0, "lmoe_model_meta_string: buf is NULL");
+    const gguf_kv *kv = gguf_find_kv(model->file, key);
+    CHECK_ARG(kv, "metadata key '%s' is not in the model file", key);
+    char scratch[96];
+    const char *text = scratch;
+    size_t n;
+    if (kv->type == GGUF_TYPE_STRING) {
+        gguf_str s = {0};
+        FORWARD_IF_ERROR(gguf_get_str(model->file, key, &s));
+        text = s.ptr;
+        n = (size_t)s.len;
+    } else {
+        if (kv->type == GGUF_TYPE_ARRAY)
+            snprintf(scratch, sizeof scratch, "[array of %" PRIu64 " %s]", kv->n_elems,
+                     gguf_type_name(kv->elem_type));
+        else
+            format_scalar(kv->type, kv->data, scratch, sizeof scratch);
+        n = strlen(scratch);
+    }
+    if (len) *len = n;
+    RETURN_ERROR_IF(n + 1 > buf_size, LMOE_ERR_BUFFER_TOO_SMALL,
+                    "metadata key '%s' needs %zu bytes, buffer has %zu", key, n + 1, buf_size);
+    memcpy(buf, text, n);
+    buf[n] = 0;
+    return LMOE_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * tokenizer
+ * ---------------------------------------------------------------------------------------------- */
+
+lmoe_token lmoe_token_bos(const lmoe_model *model) { return model ? model->vocab.bos_id : -1; }
+
+lmoe_token lmoe_token_eos(const lmoe_model *model) { return model ? model->vocab.eos_id : -1; }
+
+lmoe_status lmoe_tokenize(const lmoe_model *model, const char *text, size_t text_len, int add_bos,
+                          lmoe_token *tokens, size_t max_tokens, size_t *n_tokens) {
+    CHECK_ARG(model && n_tokens, "lmoe_tokenize: model or n_tokens is NULL");
+    CHECK_ARG(text || text_len == 0, "lmoe_tokenize: text is NULL");
+    CHECK_ARG(tokens || max_tokens == 0, "lmoe_tokenize: tokens is NULL");
+    return vocab_encode(&model->vocab, text ? text : "", text_len, add_bos != 0, tokens,
+                        max_tokens, n_tokens);
+}
+
+lmoe_status lmoe_detokenize(const lmoe_model *model, const lmoe_token *tokens, size_t n_tokens,
+                            char *buf, size_t buf_size, size_t *len) {
+    CHECK_ARG(model && len, "lmoe_detokenize: model or len is NULL");
+    CHECK_ARG(tokens || n_tokens == 0, "lmoe_detokenize: tokens is NULL");
+    CHECK_ARG(buf || buf_size == 0, "lmoe_detokenize: buf is NULL");
+    return vocab_decode(&model->vocab, tokens, n_tokens, buf, buf_size, len);
+}
+
+lmoe_status lmoe_token_to_piece(const lmoe_model *model, lmoe_token token,
+                                int strip_leading_space, char *buf, size_t buf_size, size_t *len) {
+    CHECK_ARG(model && len, "lmoe_token_to_piece: model or len is NULL");
+    CHECK_ARG(buf || buf_size == 0, "lmoe_token_to_piece: buf is NULL");
+    return vocab_token_to_piece(&model->vocab, token, strip_leading_space != 0, buf, buf_size,
+                                len);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * context
+ * ---------------------------------------------------------------------------------------------- */
+
+static const lmoe_context_params context_defaults = {
+    .struct_size = sizeof(lmoe_context_params),
+    .log_level = LMOE_LOG_WARN,
+};
+
+lmoe_status lmoe_context_default_params(lmoe_context_params *params, size_t params_size) {
+    return params_write_defaults(params, params_size, &context_defaults, sizeof context_defaults,
+                                 sizeof context_defaults, "context params");
+}
+
+static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p) {
+    const llama_hparams *hp = &ctx->model->hp;
+    FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->n_ctx));
+    int n_threads = p->n_threads ? p->n_threads : threadpool_cpu_count();
+    FORWARD_IF_ERROR(threadpool_create(n_threads, &ctx->pool));
+    ctx->kernels = lmoe_kernels_select();
+    lmoe_log(&ctx->logger, LMOE_LOG_INFO, "context: %u tokens, %d threads, kernels %s",
+             ctx->n_ctx, n_threads, ctx->kernels->name);
+    return LMOE_OK;
+}
+
+lmoe_status lmoe_context_create(const lmoe_model *model, const lmoe_context_params *params,
+                                lmoe_context **out) {
+    CHECK_ARG(out, "lmoe_context_create: out is NULL");
+    *out = NULL;
+    CHECK_ARG(model, "lmoe_context_create: model is NULL");
+    RETURN_ERROR_IF(!model->has_weights, LMOE_ERR_MISUSE,
+                    "lmoe_context_create: the model was loaded without weights (vocabulary "
+                    "only); it can tokenize but not evaluate");
+    lmoe_context_params p = context_defaults;
+    if (params)
+        FORWARD_IF_ERROR(params_read(&p, sizeof p, params, sizeof context_defaults,
+                                     "context params"));
+    CHECK_ARG(p.n_threads >= 0 && p.n_threads <= MAX_THREADS,
+              "context params: n_threads must be 0 (one per CPU) to %d, got %d", MAX_THREADS,
+              (int)p.n_threads);
+    uint32_t n_ctx = p.n_ctx ? p.n_ctx : model->hp.n_ctx_train;
+    CHECK_ARG(n_ctx <= MAX_N_CTX, "context params: n_ctx %u is larger than the limit %u", n_ctx,
+              MAX_N_CTX);
+    lmoe_context *ctx = calloc(1, sizeof *ctx);
+    RETURN_ERROR_IF(!ctx, LMOE_ERR_OUT_OF_MEMORY, "out of memory for a context");
+    ctx->model = model;
+    ctx->n_ctx = n_ctx;
+    ctx->logger = (lmoe_logger){p.log_fn, p.log_user, p.log_level};
+    ctx->abort_fn = p.abort_fn;
+    ctx->abort_user = p.abort_user;
+    lmoe_status st = context_init(ctx, &p);
+    if (st != LMOE_OK) {
+        lmoe_context_free(ctx);
+        return st;
+    }
+    *out = ctx;
+    return LMOE_OK;
+}
+
+void lmoe_context_free(lmoe_context *ctx) {
+    if (!ctx) return;
+    threadpool_free(ctx->pool);
+    forward_state_free(&ctx->state);
+    free(ctx);
+}
+
+void lmoe_context_reset(lmoe_context *ctx) {
+    if (!ctx) return;
+    ctx->n_past = 0;
+    ctx->logits_valid = false;
+}
+
+uint32_t lmoe_context_n_tokens(const lmoe_context *ctx) { return ctx ? ctx->n_past : 0; }
+
+uint32_t lmoe_context_n_ctx(const lmoe_context *ctx) { return ctx ? ctx->n_ctx : 0; }
+
+const lmoe_model *lmoe_context_model(const lmoe_context *ctx) { return ctx ? ctx->model : NULL; }
+
+lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_tokens) {
+    CHECK_ARG(ctx, "lmoe_eval: ctx is NULL");
+    CHECK_ARG(tokens || n_tokens == 0, "lmoe_eval: tokens is NULL");
+    if (n_tokens == 0) return LMOE_OK;
+    RETURN_ERROR_IF(n_tokens > ctx->n_ctx - ctx->n_past, LMOE_ERR_CONTEXT_FULL,
+                    "lmoe_eval: %zu tokens do not fit: the context holds %u of %u", n_tokens,
+                    ctx->n_past, ctx->n_ctx);
+    uint32_t n_vocab = ctx->model->hp.n_vocab;
+    for (size_t i = 0; i < n_tokens; i++)
+        CHECK_ARG(tokens[i] >= 0 && (uint32_t)tokens[i] < n_vocab,
+                  "lmoe_eval: token %zu is %d, outside the vocabulary of %u", i, (int)tokens[i],
+                  n_vocab);
+    ctx->logits_valid = false;
+    for (size_t i = 0; i < n_tokens; i++)
+        FORWARD_IF_ERROR(forward_token(ctx, tokens[i], ctx->n_past + (uint32_t)i,
+                                       i + 1 == n_tokens));
+    ctx->n_past += (uint32_t)n_tokens;
+    ctx->logits_valid = true;
+    return LMOE_OK;
+}
+
+const float *lmoe_logits(const lmoe_context *ctx) {
+    return ctx && ctx->logits_valid ? ctx->state.logits : NULL;
+}

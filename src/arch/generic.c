@@ -1,0 +1,78 @@
+/* generic.c - the portable scalar kernels: the oracle every SIMD table is tested against.
+ *
+ * Each loop performs its float operations in the order of llama2.c run.c (sequential f32
+ * accumulation, rmsnorm's `weight * (scale * x)`, softmax's max / expf / sum / divide), because
+ * tests compare our logits and sampled tokens with run.c's. Do not reassociate. */
+#include <math.h>
+
+#include "kernels.h"
+
+/* W (n_rows, n_cols) @ x (n_cols,) -> y: y[r] for r in [row_begin, row_end). */
+static void generic_matvec_f32(const float *w, const float *x, float *y, size_t n_cols,
+                               size_t row_begin, size_t row_end) {
+    for (size_t r = row_begin; r < row_end; r++) {
+        const float *row = w + r * n_cols;
+        float val = 0.0f;
+        for (size_t j = 0; j < n_cols; j++) val += row[j] * x[j];
+        y[r] = val;
+    }
+}
+
+/* a (n,) . b (n,), accumulated left to right. */
+static float generic_dot_f32(const float *a, const float *b, size_t n) {
+    float sum = 0.0f;
+    for (size_t i = 0; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+/* out (n,) = weight * (x / sqrt(mean(x^2) + eps)); the scale is computed before out is written,
+ * so out may alias x. */
+static void generic_rmsnorm(float *out, const float *x, const float *weight, size_t n, float eps) {
+    float ss = 0.0f;
+    for (size_t j = 0; j < n; j++) ss += x[j] * x[j];
+    ss /= (float)n;
+    ss += eps;
+    ss = 1.0f / sqrtf(ss);
+    for (size_t j = 0; j < n; j++) out[j] = weight[j] * (ss * x[j]);
+}
+
+/* x (n,) <- softmax(x); subtracting the max keeps expf from overflowing. */
+static void generic_softmax(float *x, size_t n) {
+    if (n == 0) return;
+    float max_val = x[0];
+    for (size_t i = 1; i < n; i++)
+        if (x[i] > max_val) max_val = x[i];
+    float sum = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max_val);
+        sum += x[i];
+    }
+    for (size_t i = 0; i < n; i++) x[i] /= sum;
+}
+
+/* out (n,) = silu(gate) * up, element by element, so out may alias gate (or up). */
+static void generic_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = gate[i];
+        v *= (1.0f / (1.0f + expf(-v)));
+        v *= up[i];
+        out[i] = v;
+    }
+}
+
+/* y (n,) += a * x (n,). */
+static void generic_axpy(float *y, float a, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static const lmoe_kernels generic_table = {
+    .name = "generic",
+    .matvec_f32 = generic_matvec_f32,
+    .dot_f32 = generic_dot_f32,
+    .rmsnorm = generic_rmsnorm,
+    .softmax = generic_softmax,
+    .swiglu = generic_swiglu,
+    .axpy = generic_axpy,
+};
+
+const lmoe_kernels *lmoe_kernels_generic(void) { return &generic_table; }

@@ -1,0 +1,145 @@
+/* test_util.c - see test_util.h. */
+#include "test_util.h"
+
+#include "error.h"
+#include "file_map.h"
+#include "gguf.h"
+#include "llama2c.h"
+#include "tokenizer_import.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int test_failures = 0;
+int test_checks = 0;
+
+int test_finish(const char *name) {
+    printf("%s: %d checks, %d failed\n", name, test_checks, test_failures);
+    return test_failures == 0 ? 0 : 1;
+}
+
+const char *test_model_path(const char *relative) {
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%s", LMOE_MODELS_DIR, relative);
+    return path;
+}
+
+int test_require_models(void) {
+    struct stat st;
+    if (stat(LMOE_MODELS_DIR, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
+    const char *ci = getenv("CI");
+    if (ci && strcmp(ci, "true") == 0) {
+        fprintf(stderr, "FAIL: test models folder %s is missing (CI=true: missing data is a failure)\n",
+                LMOE_MODELS_DIR);
+        exit(1);
+    }
+    fprintf(stderr, "SKIP: test models folder %s is missing; set -DLLAMAMOE_MODELS_DIR\n",
+            LMOE_MODELS_DIR);
+    exit(77);
+}
+
+const char *test_tmp_path(const char *name) {
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%s", LMOE_TEST_TMP, name);
+    return path;
+}
+
+char *test_read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return NULL; }
+    long n = ftell(f);
+    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return NULL; }
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(f);
+    if (!buf) return NULL;
+    buf[n] = 0;
+    if (size) *size = (size_t)n;
+    return buf;
+}
+
+int test_write_file(const char *path, const void *data, size_t size) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t written = fwrite(data, 1, size, f);
+    int rc = fclose(f);
+    return (written == size && rc == 0) ? 0 : -1;
+}
+
+int test_run(char *const argv[], char **out, size_t *out_len) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap + 1);
+    for (;;) {
+        if (buf && len == cap) {
+            char *p = realloc(buf, cap * 2 + 1);
+            if (!p) { free(buf); buf = NULL; }
+            else { buf = p; cap *= 2; }
+        }
+        char sink[4096];
+        ssize_t n = buf ? read(fds[0], buf + len, cap - len) : read(fds[0], sink, sizeof sink);
+        if (n <= 0) break;
+        if (buf) len += (size_t)n;
+    }
+    close(fds[0]);
+    int status;
+    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || !buf) {
+        free(buf);
+        return -1;
+    }
+    buf[len] = 0;
+    *out = buf;
+    *out_len = len;
+    return WEXITSTATUS(status);
+}
+
+const char *test_stories_gguf(const char *name) {
+    static char out_path[4096];
+    char ckpt_path[4096], tok_path[4096];
+    test_require_models();
+    snprintf(ckpt_path, sizeof ckpt_path, "%s", test_model_path("stories260K.bin"));
+    snprintf(tok_path, sizeof tok_path, "%s", test_model_path("tok512.bin"));
+    snprintf(out_path, sizeof out_path, "%s", test_tmp_path(name));
+    file_map ckpt = {0}, tok = {0};
+    llama2c_config cfg;
+    llama2c_weights weights;
+    lmoe_vocab vocab = {0};
+    gguf_writer *w = NULL;
+    lmoe_status st = file_map_open(ckpt_path, &ckpt);
+    if (st == LMOE_OK) st = file_map_open(tok_path, &tok);
+    if (st == LMOE_OK) st = llama2c_checkpoint_read(ckpt.data, ckpt.size, &cfg, &weights);
+    if (st == LMOE_OK) st = llama2c_tokenizer_read(tok.data, tok.size, (uint32_t)cfg.vocab_size, &vocab);
+    if (st == LMOE_OK) st = gguf_writer_create(&w);
+    if (st == LMOE_OK) st = llama2c_to_gguf(&cfg, &weights, "stories260K", w);
+    if (st == LMOE_OK) st = vocab_write_gguf(&vocab, w);
+    if (st == LMOE_OK) st = gguf_writer_write(w, out_path);
+    gguf_writer_free(w);
+    vocab_free(&vocab);
+    file_map_close(&tok);
+    file_map_close(&ckpt);
+    if (st != LMOE_OK) {
+        fprintf(stderr, "converting stories260K failed: %s\n", lmoe_last_error());
+        return NULL;
+    }
+    return out_path;
+}

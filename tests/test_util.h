@@ -1,0 +1,66 @@
+/* test_util.h - a minimal test harness: CHECK macros that count failures, file helpers, and the
+ * location of the shared test models. */
+#ifndef LMOE_TEST_UTIL_H
+#define LMOE_TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern int test_failures;
+extern int test_checks;
+
+#define CHECK(cond)                                                                                 \
+    do {                                                                                            \
+        test_checks++;                                                                              \
+        if (!(cond)) {                                                                              \
+            test_failures++;                                                                        \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                \
+        }                                                                                           \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                                        \
+    do {                                                                                            \
+        test_checks++;                                                                              \
+        if (!(cond)) {                                                                              \
+            test_failures++;                                                                        \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);                \
+            fprintf(stderr, __VA_ARGS__);                                                           \
+            fputc('\n', stderr);                                                                    \
+        }                                                                                           \
+    } while (0)
+
+/* Checks that a status is LMOE_OK, printing lmoe_last_error() when not. */
+#define CHECK_OK(expr)                                                                              \
+    do {                                                                                            \
+        lmoe_status check_status_ = (expr);                                                         \
+        CHECK_MSG(check_status_ == LMOE_OK, "%s -> %d (%s)", #expr, (int)check_status_,             \
+                  lmoe_last_error());                                                               \
+    } while (0)
+
+/* Prints a summary and returns the process exit code (0 when every check passed). */
+int test_finish(const char *name);
+
+/* Path of a file in the shared models folder (static buffer, overwritten by the next call). */
+const char *test_model_path(const char *relative);
+/* Returns 1 if the models folder exists. If not: prints why and exits with 77 (skip), or with 1
+ * when CI=true (missing data is a failure in CI). */
+int test_require_models(void);
+/* Path in the test scratch folder (static buffer, overwritten by the next call). */
+const char *test_tmp_path(const char *name);
+
+/* Reads a whole file into a malloc'd buffer with a NUL appended (not counted in *size). */
+char *test_read_file(const char *path, size_t *size);
+/* Writes bytes to a file; returns 0 on success. */
+int test_write_file(const char *path, const void *data, size_t size);
+
+/* Runs argv[0] with arguments argv (NULL-terminated, no shell), capturing its stdout into a malloc'd
+ * buffer (*out, NUL appended, *out_len bytes); stderr passes through. Returns the exit status, or -1
+ * if it could not run or did not exit normally. */
+int test_run(char *const argv[], char **out, size_t *out_len);
+
+/* Converts ../shared/models/stories260K.bin + tok512.bin in-process (no tool) to a GGUF named
+ * name in the scratch folder and returns its path (static buffer), or NULL with a message. */
+const char *test_stories_gguf(const char *name);
+
+#endif

@@ -1,0 +1,194 @@
+/* llamamoe-convert - turns other model formats into GGUF and inspects GGUF files.
+ *
+ *   llamamoe-convert llama2c CHECKPOINT TOKENIZER -o OUT.gguf
+ *   llamamoe-convert info FILE.gguf
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "file_map.h"
+#include "gguf.h"
+#include "llama2c.h"
+#include "tokenizer_import.h"
+#include "vocab.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage:\n"
+            "  llamamoe-convert llama2c CHECKPOINT TOKENIZER -o OUT.gguf\n"
+            "      a llama2.c checkpoint (legacy or version-1 layout, float32) and its tokenizer\n"
+            "      (llama2.c tokenizer.bin, or a SentencePiece tokenizer.model) to one GGUF file\n"
+            "  llamamoe-convert info FILE.gguf\n"
+            "      print a GGUF file's metadata keys and tensors\n");
+}
+
+static int fail(lmoe_status st) {
+    fprintf(stderr, "llamamoe-convert: error: %s (%s)\n", lmoe_last_error(),
+            lmoe_status_string(st));
+    return 1;
+}
+
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* A SentencePiece model is chosen by the .model extension; anything else is read as a llama2.c
+ * tokenizer.bin, which carries no magic to sniff. */
+static lmoe_status read_tokenizer(const char *path, uint32_t n_vocab, lmoe_vocab *vocab) {
+    file_map map;
+    FORWARD_IF_ERROR(file_map_open(path, &map));
+    lmoe_status st = ends_with(path, ".model")
+                         ? spm_model_read(map.data, map.size, vocab)
+                         : llama2c_tokenizer_read(map.data, map.size, n_vocab, vocab);
+    file_map_close(&map);
+    return lmoe_error_prefix(st, "%s", path);
+}
+
+static int cmd_llama2c(const char *checkpoint, const char *tokenizer, const char *out_path) {
+    file_map ckpt;
+    lmoe_status st = file_map_open(checkpoint, &ckpt);
+    if (st != LMOE_OK) return fail(st);
+    llama2c_config cfg;
+    llama2c_weights weights;
+    lmoe_vocab vocab = {0};
+    gguf_writer *w = NULL;
+    st = llama2c_checkpoint_read(ckpt.data, ckpt.size, &cfg, &weights);
+    if (st != LMOE_OK) st = lmoe_error_prefix(st, "%s", checkpoint);
+    if (st == LMOE_OK) {
+        fprintf(stderr, "%s: llama2.c %s checkpoint: dim %d, hidden %d, layers %d, heads %d/%d, "
+                "vocab %d, seq_len %d, %s classifier\n", checkpoint,
+                cfg.version ? "version-1" : "legacy", cfg.dim, cfg.hidden_dim, cfg.n_layers,
+                cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len,
+                cfg.shared_classifier ? "shared" : "separate");
+        st = read_tokenizer(tokenizer, (uint32_t)cfg.vocab_size, &vocab);
+    }
+    if (st == LMOE_OK && vocab.n_tokens != (uint32_t)cfg.vocab_size)
+        st = lmoe_error(LMOE_ERR_BAD_FILE, "%s has %u tokens but the checkpoint's vocab_size is %d",
+                        tokenizer, vocab.n_tokens, cfg.vocab_size);
+    /* llama2.c models start a new story with BOS; run.c stops there, and so do we. */
+    vocab.stop_on_bos = true;
+    if (st == LMOE_OK) st = gguf_writer_create(&w);
+    if (st == LMOE_OK) st = llama2c_to_gguf(&cfg, &weights, base_name(checkpoint), w);
+    if (st == LMOE_OK) st = vocab_write_gguf(&vocab, w);
+    if (st == LMOE_OK) st = gguf_writer_write(w, out_path);
+    if (st == LMOE_OK)
+        fprintf(stderr, "wrote %s: %u tokens, %d layers, float32\n", out_path, vocab.n_tokens,
+                cfg.n_layers);
+    gguf_writer_free(w);
+    vocab_free(&vocab);
+    file_map_close(&ckpt);
+    return st == LMOE_OK ? 0 : fail(st);
+}
+
+static void print_value(const gguf_kv *kv) {
+    if (kv->type == GGUF_TYPE_STRING) {
+        uint64_t len;
+        memcpy(&len, kv->data, 8);
+        printf("\"%.*s\"", (int)(len > 200 ? 200 : len), (const char *)kv->data + 8);
+        if (len > 200) printf("...");
+        return;
+    }
+    if (kv->type == GGUF_TYPE_ARRAY) {
+        printf("[%s x %" PRIu64 "]", gguf_type_name(kv->elem_type), kv->n_elems);
+        if (kv->elem_type == GGUF_TYPE_STRING && kv->n_elems > 0) {
+            gguf_str first;
+            uint64_t len;
+            memcpy(&len, kv->data, 8);
+            first.ptr = (const char *)kv->data + 8;
+            first.len = len;
+            printf(" first \"%.*s\"", (int)(first.len > 40 ? 40 : first.len), first.ptr);
+        }
+        return;
+    }
+    const uint8_t *p = kv->data;
+    switch (kv->type) {
+    case GGUF_TYPE_UINT8: printf("%u", p[0]); break;
+    case GGUF_TYPE_INT8: printf("%d", (int8_t)p[0]); break;
+    case GGUF_TYPE_BOOL: printf("%s", p[0] ? "true" : "false"); break;
+    case GGUF_TYPE_UINT16: { uint16_t v; memcpy(&v, p, 2); printf("%u", v); break; }
+    case GGUF_TYPE_INT16: { int16_t v; memcpy(&v, p, 2); printf("%d", v); break; }
+    case GGUF_TYPE_UINT32: { uint32_t v; memcpy(&v, p, 4); printf("%" PRIu32, v); break; }
+    case GGUF_TYPE_INT32: { int32_t v; memcpy(&v, p, 4); printf("%" PRId32, v); break; }
+    case GGUF_TYPE_UINT64: { uint64_t v; memcpy(&v, p, 8); printf("%" PRIu64, v); break; }
+    case GGUF_TYPE_INT64: { int64_t v; memcpy(&v, p, 8); printf("%" PRId64, v); break; }
+    case GGUF_TYPE_FLOAT32: { float v; memcpy(&v, p, 4); printf("%g", (double)v); break; }
+    case GGUF_TYPE_FLOAT64: { double v; memcpy(&v, p, 8); printf("%g", v); break; }
+    default: printf("?"); break;
+    }
+}
+
+static int cmd_info(const char *path) {
+    gguf_file *f;
+    lmoe_status st = gguf_open(path, &f);
+    if (st != LMOE_OK) return fail(st);
+    printf("%s: GGUF v%u, %" PRIu64 " keys, %" PRIu64 " tensors, alignment %" PRIu64 "\n", path,
+           f->version, f->n_kv, f->n_tensors, f->alignment);
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        const gguf_kv *kv = &f->kv[i];
+        printf("  %-44.*s %-8s = ", (int)kv->key.len, kv->key.ptr, gguf_type_name(kv->type));
+        print_value(kv);
+        printf("\n");
+    }
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        printf("  tensor %-36.*s %-5s [", (int)t->name.len, t->name.ptr, ggml_type_name(t->type));
+        for (uint32_t d = 0; d < t->n_dims; d++) printf("%s%" PRIu64, d ? ", " : "", t->ne[d]);
+        printf("] %" PRIu64 " bytes at %" PRIu64 "\n", t->n_bytes, f->data_offset + t->offset);
+        total += t->n_bytes;
+    }
+    printf("tensor data: %" PRIu64 " bytes\n", total);
+    gguf_close(f);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    const char *out = NULL;
+    const char *pos[4];
+    int n_pos = 0;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
+            out = argv[++i];
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "llamamoe-convert: unknown option %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        } else if (n_pos < 4) {
+            pos[n_pos++] = argv[i];
+        } else {
+            fprintf(stderr, "llamamoe-convert: too many arguments\n");
+            return 2;
+        }
+    }
+    if (strcmp(cmd, "llama2c") == 0) {
+        if (n_pos != 2 || !out) {
+            fprintf(stderr, "llamamoe-convert llama2c: needs CHECKPOINT TOKENIZER -o OUT.gguf\n");
+            return 2;
+        }
+        return cmd_llama2c(pos[0], pos[1], out);
+    }
+    if (strcmp(cmd, "info") == 0) {
+        if (n_pos != 1) {
+            fprintf(stderr, "llamamoe-convert info: needs one FILE\n");
+            return 2;
+        }
+        return cmd_info(pos[0]);
+    }
+    fprintf(stderr, "llamamoe-convert: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
