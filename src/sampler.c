@@ -481,9 +481,12 @@ static int32_t draw_general(lmoe_sampler *s, int32_t n_vocab, float coin) {
 
 lmoe_status lmoe_sampler_sample(lmoe_sampler *sampler, const float *logits, int32_t n_vocab,
                                 lmoe_token *token) {
-    RETURN_ERROR_IF(sampler == NULL, LMOE_ERR_INVALID_ARGUMENT, "lmoe_sampler_sample: sampler is NULL");
-    RETURN_ERROR_IF(logits == NULL, LMOE_ERR_INVALID_ARGUMENT, "lmoe_sampler_sample: logits is NULL");
-    RETURN_ERROR_IF(token == NULL, LMOE_ERR_INVALID_ARGUMENT, "lmoe_sampler_sample: token is NULL");
+    RETURN_ERROR_IF(sampler == NULL, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_sampler_sample: sampler is NULL");
+    RETURN_ERROR_IF(logits == NULL, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_sampler_sample: logits is NULL");
+    RETURN_ERROR_IF(token == NULL, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_sampler_sample: token is NULL");
     RETURN_ERROR_IF(n_vocab <= 0, LMOE_ERR_INVALID_ARGUMENT,
                     "lmoe_sampler_sample: n_vocab must be > 0, got %d", (int)n_vocab);
     FORWARD_IF_ERROR(sampler_reserve(sampler, (size_t)n_vocab));

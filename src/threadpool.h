@@ -24,8 +24,8 @@ int threadpool_n_threads(const lmoe_threadpool *pool);
 
 /* Runs fn over [0, n_items) in chunks of at most chunk_items, on all threads, and returns when every
  * chunk is done. chunk_items 0 picks about four chunks per thread. A job of a single chunk runs
- * on the caller alone. Not reentrant: fn must not call parallel_for on the same pool. One thread
- * at a time may use a pool. */
+ * on the caller alone. Not reentrant: fn must not call parallel_for on the same pool. One
+ * thread at a time may use a pool. */
 void threadpool_parallel_for(lmoe_threadpool *pool, size_t n_items, size_t chunk_items,
                              lmoe_parallel_fn fn, void *arg);
 

@@ -404,7 +404,8 @@ static void test_top_p_distribution(void) {
             if (in[i] != 1) continue;
             double q = pd[i] / mass, f = (double)count[i] / n_draws;
             double sigma = sqrt(q * (1 - q) / n_draws);
-            CHECK_MSG(fabs(f - q) < 5 * sigma + 1e-3, "token %d: frequency %.4f, want %.4f", i, f, q);
+            CHECK_MSG(fabs(f - q) < 5 * sigma + 1e-3, "token %d: frequency %.4f, want %.4f", i,
+                      f, q);
         }
         lmoe_sampler_free(s);
     }
