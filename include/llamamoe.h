@@ -294,8 +294,9 @@ typedef struct lmoe_sampler_params {
 /* Fills *params with defaults. As lmoe_model_default_params. */
 LMOE_API lmoe_status lmoe_sampler_default_params(lmoe_sampler_params *params, size_t params_size);
 
-/* CONSTRUCTOR: lmoe_sampler. Checks the params (temperature >= 0, top_k >= 0, 0 < top_p <= 1,
- * 0 <= min_p <= 1, repeat_penalty > 0, repeat_last_n >= 0; no NaN). On failure *out is NULL. */
+/* CONSTRUCTOR: lmoe_sampler. params may be NULL for the defaults. Checks the params (finite
+ * temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1, finite repeat_penalty > 0,
+ * repeat_last_n >= 0; no NaN). On failure *out is NULL. */
 LMOE_API lmoe_status lmoe_sampler_create(const lmoe_sampler_params *params, lmoe_sampler **out);
 
 /* DESTRUCTOR: lmoe_sampler. NULL is a harmless no-op. */

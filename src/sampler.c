@@ -2,10 +2,10 @@
  * a seeded draw (see the sampler section of llamamoe.h for the order of the stages).
  *
  * With top_k and min_p off the arithmetic is exactly llama2.c run.c's sample(): the logits divided
- * by the temperature, a float softmax, ONE random float per call from run.c's xorshift64*, then
- * either a multinomial draw in id order (top_p == 1) or run.c's top-p draw over the candidates
- * sorted by probability. Tests compare seeded runs token for token against run.c, so every float
- * operation below keeps run.c's order.
+ * by the temperature, a float softmax, ONE random float per call from run.c's xorshift64* (none
+ * when greedy), then either a multinomial draw in id order (top_p == 1) or run.c's top-p draw over
+ * the candidates sorted by probability. Tests compare seeded runs token for token against run.c,
+ * so every float operation below keeps run.c's order.
  *
  * Ties: argmax keeps the lowest id; candidates with equal probabilities are sorted lowest id first.
  * That is what a stable sort of run.c's candidate list (built in id order) gives, and makes the
@@ -18,6 +18,12 @@
 #include "error.h"
 #include "llamamoe.h"
 #include "params.h"
+
+/* run.c rounds every product before adding it. Clang would fuse a * b + c into one FMA when the
+ * target has it (-march=native); GCC in ISO C mode (-std=c11) already does not. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 /* xorshift64* cannot leave the all-zero state, so seed 0 is replaced by this (2^64 / golden
  * ratio, a common nonzero seed with well-mixed bits). */
@@ -105,7 +111,9 @@ lmoe_status lmoe_sampler_create(const lmoe_sampler_params *params, lmoe_sampler 
     *out = NULL;
     lmoe_sampler_params p;
     sampler_defaults(&p);
-    FORWARD_IF_ERROR(params_read(&p, sizeof p, params, SAMPLER_PARAMS_V1_SIZE, "sampler params"));
+    if (params) /* NULL: the defaults, as for the model and context params */
+        FORWARD_IF_ERROR(
+            params_read(&p, sizeof p, params, SAMPLER_PARAMS_V1_SIZE, "sampler params"));
     FORWARD_IF_ERROR(sampler_check_params(&p));
 
     lmoe_sampler *s = calloc(1, sizeof *s);
