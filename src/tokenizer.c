@@ -200,19 +200,29 @@ static size_t match_user_defined(const lmoe_vocab *vocab, const char *text, size
     return 0;
 }
 
-/* Splits the normalised text into symbols: user-defined pieces (frozen), else UTF-8 characters. */
-static void split_symbols(bpe_state *s, size_t text_len) {
-    size_t max_ud = max_user_defined_len(s->vocab), pos = 0, n = 0;
+/* Length of the symbol at pos: a user-defined piece (*frozen) or else one UTF-8 character. */
+static size_t symbol_len(const bpe_state *s, size_t pos, size_t text_len, size_t max_ud,
+                         bool *frozen) {
+    size_t len = max_ud ? match_user_defined(s->vocab, s->text + pos, text_len - pos, max_ud) : 0;
+    *frozen = len > 0;
+    return len ? len : utf8_unit_len((const unsigned char *)s->text + pos, text_len - pos);
+}
+
+/* Splits the normalised text into symbols; with s->symbols NULL only counts them. */
+static size_t split_symbols(bpe_state *s, size_t text_len, size_t max_ud) {
+    size_t pos = 0, n = 0;
     while (pos < text_len) {
-        size_t len = max_ud ? match_user_defined(s->vocab, s->text + pos, text_len - pos, max_ud) : 0;
-        bool frozen = len > 0;
-        if (!frozen) len = utf8_unit_len((const unsigned char *)s->text + pos, text_len - pos);
-        bpe_symbol sym = {pos, len, n == 0 ? NONE : n - 1, n + 1, frozen};
-        s->symbols[n++] = sym;
+        bool frozen;
+        size_t len = symbol_len(s, pos, text_len, max_ud, &frozen);
+        if (s->symbols) {
+            bpe_symbol sym = {pos, len, n == 0 ? NONE : n - 1, n + 1, frozen};
+            s->symbols[n] = sym;
+        }
+        n++;
         pos += len;
     }
-    if (n > 0) s->symbols[n - 1].next = NONE;
-    s->n_symbols = n;
+    if (s->symbols && n > 0) s->symbols[n - 1].next = NONE;
+    return n;
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -256,17 +266,21 @@ static lmoe_status emit_symbol(const lmoe_vocab *vocab, const char *text, size_t
 static lmoe_status bpe_encode(const lmoe_vocab *vocab, const char *text, size_t len,
                               token_sink *sink) {
     if (len == 0) return LMOE_OK;
+    bpe_state s = {vocab, text, NULL, 0, NULL, 0, 0};
+    size_t max_ud = max_user_defined_len(vocab);
+    size_t n = split_symbols(&s, len, max_ud); /* counting pass */
     /* n symbols start n-1 pairs and allow at most n-1 merges, each queueing at most 2 pairs */
-    RETURN_ERROR_IF(len > SIZE_MAX / (3 * sizeof(bpe_pair)), LMOE_ERR_OUT_OF_MEMORY,
-                    "tokenize: text of %zu bytes is too long", len);
-    bpe_state s = {vocab, text, malloc(len * sizeof *s.symbols), 0, NULL, 0, 0};
-    if (s.symbols) s.heap = malloc(3 * len * sizeof *s.heap);
+    RETURN_ERROR_IF(n > SIZE_MAX / (3 * sizeof(bpe_pair)), LMOE_ERR_OUT_OF_MEMORY,
+                    "tokenize: text of %zu characters is too long", n);
+    s.symbols = malloc(n * sizeof *s.symbols);
+    s.heap = malloc(3 * n * sizeof *s.heap);
     if (!s.symbols || !s.heap) {
         free(s.symbols);
-        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "tokenize: out of memory for %zu bytes", len);
+        free(s.heap);
+        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "tokenize: out of memory for %zu characters", n);
     }
-    split_symbols(&s, len);
-    s.heap_cap = 3 * s.n_symbols;
+    s.n_symbols = split_symbols(&s, len, max_ud);
+    s.heap_cap = 3 * n;
     for (size_t i = 1; i < s.n_symbols; i++) try_pair(&s, i - 1, i);
     merge_all(&s);
     lmoe_status st = LMOE_OK;
