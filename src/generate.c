@@ -43,6 +43,7 @@ typedef struct text_stream {
 } text_stream;
 
 static lmoe_status stream_append(text_stream *ts, const char *text, size_t len) {
+    if (len == 0) return LMOE_OK;
     if (ts->n_pending + len > ts->cap_pending) {
         size_t cap = ts->cap_pending ? ts->cap_pending * 2 : 256;
         while (cap < ts->n_pending + len) cap *= 2;
@@ -90,7 +91,7 @@ static size_t held_back(const text_stream *ts) {
 static int stream_release(text_stream *ts, size_t n, lmoe_token token) {
     int stop = 0;
     if (ts->p->on_text && n > 0) stop = ts->p->on_text(ts->p->user, ts->pending, n, token);
-    memmove(ts->pending, ts->pending + n, ts->n_pending - n);
+    if (ts->n_pending > n) memmove(ts->pending, ts->pending + n, ts->n_pending - n);
     ts->n_pending -= n;
     return stop;
 }
