@@ -219,6 +219,31 @@ static int convert(const char *tool, const char *checkpoint, const char *tokeniz
     return status;
 }
 
+/* Writes a copy of the legacy checkpoint with a separate classifier: vocab_size negated in the
+ * header and the embedding matrix appended as the classifier. Same weights, other layout. */
+static int write_separate_classifier(const char *path) {
+    size_t size = 0;
+    char *ckpt = test_read_file(test_model_path("stories260K.bin"), &size);
+    if (!ckpt || size != 1056540) {
+        free(ckpt);
+        return -1;
+    }
+    size_t embedding_bytes = 512 * 64 * sizeof(float);
+    char *out = malloc(size + embedding_bytes);
+    if (!out) {
+        free(ckpt);
+        return -1;
+    }
+    memcpy(out, ckpt, size);
+    int32_t vocab = -512;
+    memcpy(out + 5 * sizeof(int32_t), &vocab, sizeof vocab);
+    memcpy(out + size, ckpt + 28, embedding_bytes); /* the embedding comes first in the payload */
+    int rc = test_write_file(path, out, size + embedding_bytes);
+    free(out);
+    free(ckpt);
+    return rc;
+}
+
 static lmoe_model *load(const char *path) {
     lmoe_model *model = NULL;
     CHECK_OK(lmoe_model_load(path, NULL, &model));
@@ -239,6 +264,19 @@ int main(int argc, char **argv) {
     CHECK(convert(convert_tool, "stories260K.bin", "tok512.bin", legacy) == 0);
     CHECK(convert(convert_tool, "stories260K.v1.bin", "tok512.bin", v1) == 0);
     CHECK(convert(convert_tool, "stories260K.bin", "tok512.model", from_model) == 0);
+    char separate_ckpt[4096], separate[4096];
+    snprintf(separate_ckpt, sizeof separate_ckpt, "%s", test_tmp_path("stories260K-wcls.bin"));
+    snprintf(separate, sizeof separate, "%s", test_tmp_path("stories260K-wcls.gguf"));
+    CHECK(write_separate_classifier(separate_ckpt) == 0);
+    {
+        char tok[4096];
+        snprintf(tok, sizeof tok, "%s", test_model_path("tok512.bin"));
+        char *args[] = {(char *)convert_tool, "llama2c", separate_ckpt, tok, "-o", separate, NULL};
+        char *out = NULL;
+        size_t len = 0;
+        CHECK(test_run(args, &out, &len) == 0);
+        free(out);
+    }
 
     size_t json_len = 0;
     char *json_text = test_read_file(test_model_path("stories260K-reference.json"), &json_len);
@@ -269,6 +307,17 @@ int main(int argc, char **argv) {
 
     /* The SentencePiece tok512.model normalises whitespace (remove_extra_whitespaces), which run.c
      * does not; for these prompts both give the same tokens and so the same runs. */
+    /* A separate classifier (output.weight) holding the same values gives the same runs. */
+    lmoe_model *model_wcls = load(separate);
+    if (model_wcls) {
+        lmoe_model_info info;
+        CHECK_OK(lmoe_model_get_info(model_wcls, &info, sizeof info));
+        CHECK(info.n_params == 260032 + 512 * 64);
+        for (size_t i = 0; i < n_runs; i++) check_run_ids(model_wcls, &runs[i], 1);
+        check_logits(model_wcls, runs[0].ids, "separate classifier");
+    }
+    lmoe_model_free(model_wcls);
+
     lmoe_model *model_spm = load(from_model);
     if (model_spm)
         for (size_t i = 0; i < n_runs; i++) check_run_ids(model_spm, &runs[i], 2);
