@@ -212,7 +212,9 @@ lmoe_status lmoe_context_create(const lmoe_model *model, const lmoe_context_para
     CHECK_ARG(p.n_threads >= 0 && p.n_threads <= MAX_THREADS,
               "context params: n_threads must be 0 (one per CPU) to %d, got %d", MAX_THREADS,
               (int)p.n_threads);
-    uint32_t n_ctx = p.n_ctx ? p.n_ctx : model->hp.n_ctx_train;
+    /* 0: the training context, capped at the limit (a larger cache could not be indexed) */
+    uint32_t n_ctx = p.n_ctx ? p.n_ctx
+                             : (model->hp.n_ctx_train < MAX_N_CTX ? model->hp.n_ctx_train : MAX_N_CTX);
     CHECK_ARG(n_ctx <= MAX_N_CTX, "context params: n_ctx %u is larger than the limit %u", n_ctx,
               MAX_N_CTX);
     lmoe_context *ctx = calloc(1, sizeof *ctx);

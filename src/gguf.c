@@ -127,14 +127,17 @@ static lmoe_status read_str(cursor *c, gguf_str *out, uint64_t max_len, const ch
 }
 
 /* Skips over (and so validates) one value of the given scalar or string type, n times. */
-static lmoe_status skip_values(cursor *c, gguf_type type, uint64_t n, const gguf_str *key) {
+static lmoe_status skip_values(cursor *c, gguf_type type, uint64_t n, bool is_array,
+                               const gguf_str *key) {
     if (type == GGUF_TYPE_STRING) {
         for (uint64_t i = 0; i < n; i++) {
             gguf_str s = {0};
             lmoe_status st = read_str(c, &s, UINT64_MAX, "string value");
-            if (st != LMOE_OK)
+            if (st != LMOE_OK && is_array)
                 return lmoe_error_prefix(st, "key '%.*s' element %llu", (int)key->len, key->ptr,
                                          (unsigned long long)i);
+            if (st != LMOE_OK)
+                return lmoe_error_prefix(st, "key '%.*s'", (int)key->len, key->ptr);
         }
         return LMOE_OK;
     }
@@ -169,7 +172,8 @@ static lmoe_status parse_kv(cursor *c, gguf_kv *kv) {
         FORWARD_IF_ERROR(read_u64(c, &kv->n_elems, "array length"));
     }
     kv->data = c->base + c->pos;
-    FORWARD_IF_ERROR(skip_values(c, kv->elem_type, kv->n_elems, &kv->key));
+    FORWARD_IF_ERROR(
+        skip_values(c, kv->elem_type, kv->n_elems, kv->type == GGUF_TYPE_ARRAY, &kv->key));
     if (kv->type == GGUF_TYPE_BOOL) {
         RETURN_ERROR_IF(*kv->data > 1, LMOE_ERR_BAD_FILE, "GGUF: key '%.*s': bool value %u",
                         (int)kv->key.len, kv->key.ptr, *kv->data);
@@ -372,8 +376,9 @@ lmoe_status gguf_open(const char *path, gguf_file **out) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     RETURN_ERROR_IF(fd < 0, LMOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        int err = errno;
+    int stat_failed = fstat(fd, &st) != 0;
+    if (stat_failed || !S_ISREG(st.st_mode)) {
+        int err = stat_failed ? errno : 0; /* errno is stale when fstat succeeded */
         close(fd);
         return lmoe_error(LMOE_ERR_IO, "%s: not a regular file%s%s", path, err ? ": " : "",
                           err ? strerror(err) : "");
@@ -640,6 +645,12 @@ static lmoe_status grow(void **items, size_t *cap, size_t need, size_t item_size
 static lmoe_status add_kv(gguf_writer *w, const char *key, gguf_type type, uint8_t *value,
                           size_t value_size) {
     lmoe_status st = LMOE_OK;
+    /* The writer always aligns tensor data to GGUF_DEFAULT_ALIGNMENT; a different value in the
+     * file would make readers look for the data elsewhere. */
+    if (strcmp(key, "general.alignment") == 0)
+        st = lmoe_error(LMOE_ERR_INVALID_ARGUMENT,
+                        "GGUF writer: general.alignment cannot be set (data is aligned to %d)",
+                        GGUF_DEFAULT_ALIGNMENT);
     for (size_t i = 0; i < w->n_kv && st == LMOE_OK; i++)
         if (strcmp(w->kv[i].key, key) == 0)
             st = lmoe_error(LMOE_ERR_INVALID_ARGUMENT, "GGUF writer: key '%s' set twice", key);
