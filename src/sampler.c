@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch/kernels.h"
 #include "error.h"
 #include "llamamoe.h"
 #include "params.h"
@@ -225,19 +226,6 @@ static int32_t argmax(const float *x, int32_t n) {
     for (int32_t i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
-}
-
-/* Stage 3: run.c's softmax, in its order (max, expf of the difference, float sum, divide). */
-static void softmax_in_place(float *x, int32_t n) {
-    float max_val = x[0];
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > max_val) max_val = x[i];
-    float sum = 0.0f;
-    for (int32_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max_val);
-        sum += x[i];
-    }
-    for (int32_t i = 0; i < n; i++) x[i] /= sum;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -508,7 +496,9 @@ lmoe_status lmoe_sampler_sample(lmoe_sampler *sampler, const float *logits, int3
         return LMOE_OK;
     }
     for (int32_t i = 0; i < n_vocab; i++) x[i] /= p->temperature; /* division, as run.c */
-    softmax_in_place(x, n_vocab);
+    /* stage 3: the generic kernel is run.c's softmax, in its order; SIMD tables would round
+     * differently, and the draw must not depend on the CPU */
+    lmoe_kernels_generic()->softmax(x, (size_t)n_vocab);
     float coin = random_f32(&sampler->rng_state); /* exactly one per call */
     if (p->top_k == 0 && p->min_p == 0.0f)
         *token = p->top_p >= 1.0f ? draw_multinomial(x, n_vocab, coin)
