@@ -1,7 +1,8 @@
-/* json.h - a small JSON reader for test data (objects, arrays, strings with \u escapes and
- * surrogate pairs, numbers, true/false/null). Strings are UTF-8 and may contain NUL bytes. */
-#ifndef LMOE_TEST_JSON_H
-#define LMOE_TEST_JSON_H
+/* json.h - a small, strict JSON reader for config.json, index files, safetensors headers and test
+ * data: objects, arrays, strings with \u escapes and surrogate pairs, numbers, true/false/null.
+ * Strings are UTF-8 and may contain NUL bytes. */
+#ifndef LMOE_JSON_H
+#define LMOE_JSON_H
 
 #include <stdbool.h>
 #include <stddef.h>
