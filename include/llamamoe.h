@@ -216,6 +216,14 @@ typedef struct lmoe_context lmoe_context;
  * (the tokens of the interrupted call are then not added to the KV cache). */
 typedef int (*lmoe_abort_fn)(void *user);
 
+/* Receives the routing decision of one MoE layer for one token: the n_used selected experts in
+ * descending gate-logit order, and the weight each expert's output is multiplied by (for LLaMA-MoE
+ * the softmax over the selected logits times the score scale; for Mixtral-style files the
+ * renormalised softmax). Called on the thread running lmoe_eval, in layer order for each token;
+ * the arrays are valid only during the call. Must not call back into the context. */
+typedef void (*lmoe_routing_fn)(void *user, int32_t layer, uint32_t pos, const int32_t *experts,
+                                const float *weights, int32_t n_used);
+
 typedef struct lmoe_context_params {
     size_t struct_size;     /* sizeof(lmoe_context_params) as the caller compiled it */
     uint32_t n_ctx;         /* KV cache size in tokens; 0 = the model's training context */
@@ -225,6 +233,8 @@ typedef struct lmoe_context_params {
     lmoe_log_level log_level; /* most detailed level passed to log_fn (default LMOE_LOG_WARN) */
     lmoe_abort_fn abort_fn; /* optional; checked between layers */
     void *abort_user;       /* passed to abort_fn */
+    lmoe_routing_fn routing_fn; /* optional: every routing decision of an MoE model */
+    void *routing_user;     /* passed to routing_fn */
 } lmoe_context_params;
 
 /* Fills *params with defaults (n_ctx 0, n_threads 0). As lmoe_model_default_params. */
@@ -239,12 +249,24 @@ LMOE_API lmoe_status lmoe_context_create(const lmoe_model *model, const lmoe_con
 /* DESTRUCTOR: lmoe_context. Stops its threads and frees it. NULL is a harmless no-op. */
 LMOE_API void lmoe_context_free(lmoe_context *ctx);
 
-/* METHOD: lmoe_context. Empties the KV cache so the next eval starts at position 0. */
+/* METHOD: lmoe_context. Empties the KV cache so the next eval starts at position 0, and sets the
+ * expert selection counts to zero. */
 LMOE_API void lmoe_context_reset(lmoe_context *ctx);
 
 /* METHOD: lmoe_context. Tokens currently in the KV cache, and its capacity. */
 LMOE_API uint32_t lmoe_context_n_tokens(const lmoe_context *ctx);
 LMOE_API uint32_t lmoe_context_n_ctx(const lmoe_context *ctx);
+
+/* METHOD: lmoe_context. How often each expert was selected, per layer, since the context was
+ * created or its counts were last reset (by lmoe_context_reset or
+ * lmoe_context_reset_expert_counts): counts[layer * n_expert + expert] for n_layer * n_expert
+ * entries (see lmoe_model_get_info). Returns LMOE_ERR_BUFFER_TOO_SMALL if n_counts is smaller, and
+ * LMOE_ERR_MISUSE for a dense model (n_expert 0). Tokens whose evaluation failed are not counted. */
+LMOE_API lmoe_status lmoe_context_expert_counts(const lmoe_context *ctx, uint64_t *counts,
+                                                size_t n_counts);
+
+/* METHOD: lmoe_context. Sets every expert selection count to zero (the KV cache is kept). */
+LMOE_API void lmoe_context_reset_expert_counts(lmoe_context *ctx);
 
 /* METHOD: lmoe_context. The model the context was created from. */
 LMOE_API const lmoe_model *lmoe_context_model(const lmoe_context *ctx);

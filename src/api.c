@@ -77,8 +77,10 @@ lmoe_status lmoe_model_get_info(const lmoe_model *model, lmoe_model_info *info, 
         .n_ff = (int32_t)hp->n_ff,
         .rms_norm_eps = hp->rms_eps,
         .rope_freq_base = hp->rope_theta,
+        .n_expert = (int32_t)hp->n_expert,
+        .n_expert_used = (int32_t)hp->n_expert_used,
         .n_params = model->n_params,
-        .n_params_active = model->n_params,
+        .n_params_active = model->n_params_active,
         .n_bytes = model->n_bytes,
     };
     memcpy(full.architecture, model->architecture, sizeof full.architecture);
@@ -189,6 +191,13 @@ lmoe_status lmoe_context_default_params(lmoe_context_params *params, size_t para
 static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p) {
     const llama_hparams *hp = &ctx->model->hp;
     FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->n_ctx));
+    if (hp->n_expert) {
+        size_t n_counts = (size_t)hp->n_layer * hp->n_expert;
+        ctx->expert_counts = calloc(n_counts, sizeof *ctx->expert_counts);
+        ctx->expert_counts_pending = calloc(n_counts, sizeof *ctx->expert_counts_pending);
+        RETURN_ERROR_IF(!ctx->expert_counts || !ctx->expert_counts_pending,
+                        LMOE_ERR_OUT_OF_MEMORY, "out of memory for expert counts");
+    }
     int n_threads = p->n_threads ? p->n_threads : threadpool_cpu_count();
     FORWARD_IF_ERROR(threadpool_create(n_threads, &ctx->pool));
     ctx->kernels = lmoe_kernels_select();
@@ -224,6 +233,8 @@ lmoe_status lmoe_context_create(const lmoe_model *model, const lmoe_context_para
     ctx->logger = (lmoe_logger){p.log_fn, p.log_user, p.log_level};
     ctx->abort_fn = p.abort_fn;
     ctx->abort_user = p.abort_user;
+    ctx->routing_fn = p.routing_fn;
+    ctx->routing_user = p.routing_user;
     lmoe_status st = context_init(ctx, &p);
     if (st != LMOE_OK) {
         lmoe_context_free(ctx);
@@ -237,6 +248,8 @@ void lmoe_context_free(lmoe_context *ctx) {
     if (!ctx) return;
     threadpool_free(ctx->pool);
     forward_state_free(&ctx->state);
+    free(ctx->expert_counts);
+    free(ctx->expert_counts_pending);
     free(ctx);
 }
 
@@ -244,6 +257,37 @@ void lmoe_context_reset(lmoe_context *ctx) {
     if (!ctx) return;
     ctx->n_past = 0;
     ctx->logits_valid = false;
+    lmoe_context_reset_expert_counts(ctx);
+}
+
+static size_t n_expert_counts(const lmoe_context *ctx) {
+    return (size_t)ctx->model->hp.n_layer * ctx->model->hp.n_expert;
+}
+
+void lmoe_context_reset_expert_counts(lmoe_context *ctx) {
+    if (!ctx || !ctx->expert_counts) return;
+    memset(ctx->expert_counts, 0, n_expert_counts(ctx) * sizeof *ctx->expert_counts);
+}
+
+lmoe_status lmoe_context_expert_counts(const lmoe_context *ctx, uint64_t *counts,
+                                       size_t n_counts) {
+    CHECK_ARG(ctx && counts, "lmoe_context_expert_counts: ctx or counts is NULL");
+    RETURN_ERROR_IF(!ctx->expert_counts, LMOE_ERR_MISUSE,
+                    "lmoe_context_expert_counts: the model is dense (no experts)");
+    size_t n = n_expert_counts(ctx);
+    RETURN_ERROR_IF(n_counts < n, LMOE_ERR_BUFFER_TOO_SMALL,
+                    "lmoe_context_expert_counts: %zu entries needed (n_layer x n_expert), %zu "
+                    "given", n, n_counts);
+    memcpy(counts, ctx->expert_counts, n * sizeof *counts);
+    return LMOE_OK;
+}
+
+/* Counts of an eval are kept aside until it succeeds, so a failed eval counts nothing. */
+static void commit_expert_counts(lmoe_context *ctx, bool success) {
+    if (!ctx->expert_counts) return;
+    size_t n = n_expert_counts(ctx);
+    for (size_t i = 0; success && i < n; i++) ctx->expert_counts[i] += ctx->expert_counts_pending[i];
+    memset(ctx->expert_counts_pending, 0, n * sizeof *ctx->expert_counts_pending);
 }
 
 uint32_t lmoe_context_n_tokens(const lmoe_context *ctx) { return ctx ? ctx->n_past : 0; }
@@ -265,9 +309,11 @@ lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_toke
                   "lmoe_eval: token %zu is %d, outside the vocabulary of %u", i, (int)tokens[i],
                   n_vocab);
     ctx->logits_valid = false;
-    for (size_t i = 0; i < n_tokens; i++)
-        FORWARD_IF_ERROR(forward_token(ctx, tokens[i], ctx->n_past + (uint32_t)i,
-                                       i + 1 == n_tokens));
+    lmoe_status st = LMOE_OK;
+    for (size_t i = 0; i < n_tokens && st == LMOE_OK; i++)
+        st = forward_token(ctx, tokens[i], ctx->n_past + (uint32_t)i, i + 1 == n_tokens);
+    commit_expert_counts(ctx, st == LMOE_OK);
+    if (st != LMOE_OK) return st;
     ctx->n_past += (uint32_t)n_tokens;
     ctx->logits_valid = true;
     return LMOE_OK;

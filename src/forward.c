@@ -8,6 +8,7 @@
 
 #include "context.h"
 #include "error.h"
+#include "quant.h"
 
 /* Below this many multiply-adds a product runs on the calling thread: waking workers costs more. */
 #define PARALLEL_MIN_MACS 32768u
@@ -32,7 +33,17 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32
     s->logits = calloc(hp->n_vocab, sizeof(float));
     s->key_cache = calloc(kv_elems, sizeof(float));
     s->value_cache = calloc(kv_elems, sizeof(float));
-    if (!s->x || !s->xb || !s->xb2 || !s->q || !s->hb || !s->hb2 || !s->att || !s->logits ||
+    bool moe_ok = true;
+    if (hp->n_expert) {
+        s->gate_logits = calloc(hp->n_expert, sizeof(float));
+        s->gate_hidden = calloc(hp->n_expert, sizeof(float));
+        s->expert_out = calloc(hp->n_embd, sizeof(float));
+        s->selected = calloc(hp->n_expert_used, sizeof(int32_t));
+        s->selected_weights = calloc(hp->n_expert_used, sizeof(float));
+        moe_ok = s->gate_logits && s->gate_hidden && s->expert_out && s->selected &&
+                 s->selected_weights;
+    }
+    if (!moe_ok || !s->x || !s->xb || !s->xb2 || !s->q || !s->hb || !s->hb2 || !s->att || !s->logits ||
         !s->key_cache || !s->value_cache) {
         forward_state_free(s);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY,
@@ -53,6 +64,11 @@ void forward_state_free(forward_state *s) {
     free(s->logits);
     free(s->key_cache);
     free(s->value_cache);
+    free(s->gate_logits);
+    free(s->gate_hidden);
+    free(s->expert_out);
+    free(s->selected);
+    free(s->selected_weights);
     memset(s, 0, sizeof *s);
 }
 
@@ -62,7 +78,7 @@ void forward_state_free(forward_state *s) {
 
 typedef struct matvec_job {
     const lmoe_kernels *k;
-    const float *w;
+    weight_ref w;
     const float *x;
     float *y;
     size_t n_cols;
@@ -71,12 +87,27 @@ typedef struct matvec_job {
 static void matvec_rows(void *arg, size_t begin, size_t end, int thread_id) {
     (void)thread_id;
     const matvec_job *job = arg;
-    job->k->matvec_f32(job->w, job->x, job->y, job->n_cols, begin, end);
+    switch (job->w.type) {
+    case GGML_TYPE_F16:
+        job->k->matvec_f16(job->w.data, job->x, job->y, job->n_cols, begin, end);
+        break;
+    case GGML_TYPE_BF16:
+        job->k->matvec_bf16(job->w.data, job->x, job->y, job->n_cols, begin, end);
+        break;
+    default: /* model.c binds only f32, f16 and bf16 matrices */
+        job->k->matvec_f32(job->w.data, job->x, job->y, job->n_cols, begin, end);
+        break;
+    }
 }
 
-/* W (n_rows, n_cols) @ x (n_cols,) -> y (n_rows,), rows split over the pool. */
-static void matvec(lmoe_context *ctx, const float *w, const float *x, float *y, size_t n_rows,
-                   size_t n_cols) {
+weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
+    size_t elem = ggml_type_block_bytes(w.type);
+    w.data = (const char *)w.data + first_row * n_cols * elem;
+    return w;
+}
+
+void forward_matvec(lmoe_context *ctx, weight_ref w, const float *x, float *y, size_t n_rows,
+                    size_t n_cols) {
     matvec_job job = {ctx->kernels, w, x, y, n_cols};
     if (n_rows * n_cols < PARALLEL_MIN_MACS) {
         matvec_rows(&job, 0, n_rows, 0);
@@ -124,6 +155,17 @@ static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) 
     }
 }
 
+/* Row `row` of the embedding matrix (n_embd wide) as f32. */
+static void embedding_row(weight_ref table, size_t row, size_t n_embd, float *out) {
+    weight_ref r = weight_rows(table, row, n_embd);
+    if (r.type == GGML_TYPE_F16)
+        lmoe_f16_row_to_f32(r.data, out, n_embd);
+    else if (r.type == GGML_TYPE_BF16)
+        lmoe_bf16_row_to_f32(r.data, out, n_embd);
+    else
+        memcpy(out, r.data, n_embd * sizeof(float));
+}
+
 /* Rotates adjacent pairs (2i, 2i+1) of each head by pos * theta^(-2i/head_dim): the GGUF llama
  * (and original Meta / llama2.c) layout. */
 static void rope(float *vec, uint32_t n, uint32_t head_dim, uint32_t pos, float theta) {
@@ -150,7 +192,7 @@ lmoe_status forward_token(lmoe_context *ctx, lmoe_token token, uint32_t pos, boo
     uint32_t dim = hp->n_embd, kv_dim = hp->n_embd_kv, n_ff = hp->n_ff;
 
     /* token embedding */
-    memcpy(s->x, m->tok_embd + (size_t)token * dim, dim * sizeof(float));
+    embedding_row(m->tok_embd, (size_t)token, dim, s->x);
 
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         if (ctx->abort_fn && ctx->abort_fn(ctx->abort_user))
@@ -162,9 +204,9 @@ lmoe_status forward_token(lmoe_context *ctx, lmoe_token token, uint32_t pos, boo
 
         /* attention: x -> RMSNorm -> q, k, v; RoPE on q and k; k, v into the cache */
         k->rmsnorm(s->xb, s->x, l->attn_norm, dim, hp->rms_eps);
-        matvec(ctx, l->wq, s->xb, s->q, dim, dim);
-        matvec(ctx, l->wk, s->xb, key, kv_dim, dim);
-        matvec(ctx, l->wv, s->xb, value, kv_dim, dim);
+        forward_matvec(ctx, l->wq, s->xb, s->q, dim, dim);
+        forward_matvec(ctx, l->wk, s->xb, key, kv_dim, dim);
+        forward_matvec(ctx, l->wv, s->xb, value, kv_dim, dim);
         rope(s->q, dim, hp->head_dim, pos, hp->rope_theta);
         rope(key, kv_dim, hp->head_dim, pos, hp->rope_theta);
 
@@ -176,20 +218,26 @@ lmoe_status forward_token(lmoe_context *ctx, lmoe_token token, uint32_t pos, boo
             threadpool_parallel_for(ctx->pool, hp->n_head, 1, attention_heads, &job);
 
         /* output projection and residual */
-        matvec(ctx, l->wo, s->xb, s->xb2, dim, dim);
+        forward_matvec(ctx, l->wo, s->xb, s->xb2, dim, dim);
         k->axpy(s->x, 1.0f, s->xb2, dim);
 
-        /* FFN: w2(silu(w1 x) * (w3 x)) on the normed residual, then residual */
+        /* FFN on the normed residual, then residual: dense w2(silu(w1 x) * (w3 x)), or the
+         * weighted sum of the experts the gate selects (moe.c) */
         k->rmsnorm(s->xb, s->x, l->ffn_norm, dim, hp->rms_eps);
-        matvec(ctx, l->ffn_gate, s->xb, s->hb, n_ff, dim);
-        matvec(ctx, l->ffn_up, s->xb, s->hb2, n_ff, dim);
+        if (hp->n_expert) {
+            moe_ffn(ctx, il, pos, s->xb, s->xb2);
+            k->axpy(s->x, 1.0f, s->xb2, dim);
+            continue;
+        }
+        forward_matvec(ctx, l->ffn_gate, s->xb, s->hb, n_ff, dim);
+        forward_matvec(ctx, l->ffn_up, s->xb, s->hb2, n_ff, dim);
         k->swiglu(s->hb, s->hb, s->hb2, n_ff);
-        matvec(ctx, l->ffn_down, s->hb, s->xb, dim, n_ff);
+        forward_matvec(ctx, l->ffn_down, s->hb, s->xb, dim, n_ff);
         k->axpy(s->x, 1.0f, s->xb, dim);
     }
 
     if (!want_logits) return LMOE_OK;
     k->rmsnorm(s->x, s->x, m->output_norm, dim, hp->rms_eps);
-    matvec(ctx, m->output, s->x, s->logits, hp->n_vocab, dim);
+    forward_matvec(ctx, m->output, s->x, s->logits, hp->n_vocab, dim);
     return LMOE_OK;
 }

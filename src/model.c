@@ -12,6 +12,7 @@
 /* Limits far above any real model that keep size arithmetic away from overflow. */
 #define MAX_DIM (1u << 20)
 #define MAX_LAYERS 4096u
+#define MAX_EXPERTS 1024u
 
 static void copy_gguf_str(char *dst, size_t dst_size, gguf_str s) {
     size_t n = s.len < dst_size - 1 ? (size_t)s.len : dst_size - 1;
@@ -38,6 +39,65 @@ static lmoe_status get_arch_f32(const gguf_file *f, const char *arch, const char
     FORWARD_IF_ERROR(gguf_get_f32_opt(f, key, out));
     RETURN_ERROR_IF(!(*out > 0.0f), LMOE_ERR_BAD_FILE, "GGUF: key '%s' = %g must be positive",
                     key, (double)*out);
+    return LMOE_OK;
+}
+
+/* Experts: "llama" files with expert_count are Mixtral-style (linear gate, softmax over all
+ * experts, top-k renormalised); "llama_moe" files are LLaMA-MoE v1 (gate kind and score scale are
+ * keys, softmax over the selected logits). */
+static lmoe_status read_expert_hparams(const gguf_file *f, const char *arch, llama_hparams *hp) {
+    bool is_llama_moe = strcmp(arch, "llama_moe") == 0;
+    char key[128];
+    snprintf(key, sizeof key, "%s.expert_count", arch);
+    if (!gguf_find_kv(f, key)) {
+        RETURN_ERROR_IF(is_llama_moe, LMOE_ERR_BAD_FILE,
+                        "GGUF: architecture llama_moe needs the key '%s'", key);
+        return LMOE_OK;
+    }
+    FORWARD_IF_ERROR(get_arch_u32(f, arch, "expert_count", MAX_EXPERTS, true, &hp->n_expert));
+    FORWARD_IF_ERROR(
+        get_arch_u32(f, arch, "expert_used_count", MAX_EXPERTS, true, &hp->n_expert_used));
+    RETURN_ERROR_IF(hp->n_expert_used > hp->n_expert, LMOE_ERR_BAD_FILE,
+                    "GGUF: %s.expert_used_count %u is larger than expert_count %u", arch,
+                    hp->n_expert_used, hp->n_expert);
+    hp->gating = is_llama_moe ? MOE_GATING_SOFTMAX_SELECTED : MOE_GATING_SOFTMAX_RENORM;
+    hp->gate_kind = MOE_GATE_LINEAR;
+    if (!is_llama_moe) return LMOE_OK;
+    snprintf(key, sizeof key, "%s.expert_gate_type", arch);
+    gguf_str kind;
+    FORWARD_IF_ERROR(gguf_get_str(f, key, &kind));
+    if (gguf_str_eq(kind, "mlp"))
+        hp->gate_kind = MOE_GATE_MLP;
+    else
+        RETURN_ERROR_IF(!gguf_str_eq(kind, "linear"), LMOE_ERR_UNSUPPORTED,
+                        "GGUF: %s is '%.*s'; supported gate types are 'linear' and 'mlp'", key,
+                        (int)(kind.len > 32 ? 32 : kind.len), kind.ptr);
+    return LMOE_OK;
+}
+
+/* llama_moe.expert_score_scale: one f32 for every layer, or an array of n_layer f32. */
+static lmoe_status read_expert_scales(lmoe_model *m) {
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) m->layers[il].expert_scale = 1.0f;
+    if (m->hp.gating != MOE_GATING_SOFTMAX_SELECTED) return LMOE_OK;
+    char key[128];
+    snprintf(key, sizeof key, "%s.expert_score_scale", m->architecture);
+    const gguf_kv *kv = gguf_find_kv(m->file, key);
+    RETURN_ERROR_IF(!kv, LMOE_ERR_BAD_FILE, "GGUF: required key '%s' is missing", key);
+    if (kv->type == GGUF_TYPE_ARRAY) {
+        FORWARD_IF_ERROR(gguf_get_array(m->file, key, GGUF_TYPE_FLOAT32, &kv));
+        RETURN_ERROR_IF(kv->n_elems != m->hp.n_layer, LMOE_ERR_BAD_FILE,
+                        "GGUF: '%s' has %llu values for %u layers", key,
+                        (unsigned long long)kv->n_elems, m->hp.n_layer);
+        for (uint32_t il = 0; il < m->hp.n_layer; il++)
+            m->layers[il].expert_scale = gguf_array_f32(kv, il);
+    } else {
+        float scale;
+        FORWARD_IF_ERROR(gguf_get_f32(m->file, key, &scale));
+        for (uint32_t il = 0; il < m->hp.n_layer; il++) m->layers[il].expert_scale = scale;
+    }
+    for (uint32_t il = 0; il < m->hp.n_layer; il++)
+        RETURN_ERROR_IF(!isfinite(m->layers[il].expert_scale), LMOE_ERR_BAD_FILE,
+                        "GGUF: '%s' for layer %u is not a finite number", key, il);
     return LMOE_OK;
 }
 
@@ -71,6 +131,7 @@ static lmoe_status read_hparams(const gguf_file *f, const char *arch, llama_hpar
     RETURN_ERROR_IF(n_rot != hp->head_dim, LMOE_ERR_UNSUPPORTED,
                     "GGUF: rope.dimension_count %u differs from the head dimension %u (partial "
                     "rotary embeddings are not supported)", n_rot, hp->head_dim);
+    FORWARD_IF_ERROR(read_expert_hparams(f, arch, hp));
     uint32_t n_vocab = hp->n_vocab;
     FORWARD_IF_ERROR(get_arch_u32(f, arch, "vocab_size", UINT32_MAX, false, &n_vocab));
     RETURN_ERROR_IF(n_vocab != hp->n_vocab, LMOE_ERR_BAD_FILE,
@@ -79,68 +140,95 @@ static lmoe_status read_hparams(const gguf_file *f, const char *arch, llama_hpar
     return LMOE_OK;
 }
 
-/* Finds a tensor, checks its type and shape (ne[0] = cols, ne[1] = rows; rows 0 for a vector),
- * counts it, and returns its data. */
-static lmoe_status bind(lmoe_model *m, const char *name, uint64_t cols, uint64_t rows,
-                        const float **out) {
+/* Weight matrices may be f32, f16 or bf16; norms are f32. */
+#define TYPES_MATRIX ((1u << GGML_TYPE_F32) | (1u << GGML_TYPE_F16) | (1u << GGML_TYPE_BF16))
+#define TYPES_F32 (1u << GGML_TYPE_F32)
+
+/* Finds a tensor, checks its type and shape (ne[0] = cols = row length, ne[1] = rows, ne[2] =
+ * experts; 0 = dimension absent) and returns its data. */
+static lmoe_status bind_tensor(lmoe_model *m, const char *name, uint64_t cols, uint64_t rows,
+                               uint64_t experts, uint32_t types, weight_ref *out) {
     const gguf_tensor *t = gguf_find_tensor(m->file, name);
     RETURN_ERROR_IF(!t, LMOE_ERR_BAD_FILE, "GGUF: tensor '%s' is missing", name);
-    RETURN_ERROR_IF(t->type != GGML_TYPE_F32, LMOE_ERR_UNSUPPORTED,
-                    "GGUF: tensor '%s' has type %s; this version runs f32 weights only", name,
-                    ggml_type_name(t->type));
-    uint32_t want_dims = rows ? 2 : 1;
-    bool ok = t->n_dims == want_dims && t->ne[0] == cols && (rows == 0 || t->ne[1] == rows);
+    RETURN_ERROR_IF((unsigned)t->type >= 32 || !(types & (1u << t->type)), LMOE_ERR_UNSUPPORTED,
+                    "GGUF: tensor '%s' has type %s; supported here: %s", name,
+                    ggml_type_name(t->type), types == TYPES_F32 ? "f32" : "f32, f16, bf16");
+    uint32_t want_dims = experts ? 3 : rows ? 2 : 1;
+    bool ok = t->n_dims == want_dims && t->ne[0] == cols && (rows == 0 || t->ne[1] == rows) &&
+              (experts == 0 || t->ne[2] == experts);
     RETURN_ERROR_IF(!ok, LMOE_ERR_BAD_FILE,
-                    "GGUF: tensor '%s' has shape [%llu, %llu] (%u dims), expected [%llu, %llu]",
-                    name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], t->n_dims,
-                    (unsigned long long)cols, (unsigned long long)(rows ? rows : 1));
-    RETURN_ERROR_IF((uintptr_t)t->data % sizeof(float) != 0, LMOE_ERR_BAD_FILE,
-                    "GGUF: tensor '%s' data is not aligned to 4 bytes", name);
-    *out = t->data;
+                    "GGUF: tensor '%s' has shape [%llu, %llu, %llu] (%u dims), expected [%llu, "
+                    "%llu, %llu] (%u dims)", name, (unsigned long long)t->ne[0],
+                    (unsigned long long)t->ne[1], (unsigned long long)t->ne[2], t->n_dims,
+                    (unsigned long long)cols, (unsigned long long)(rows ? rows : 1),
+                    (unsigned long long)(experts ? experts : 1), want_dims);
+    RETURN_ERROR_IF((uintptr_t)t->data % ggml_type_block_bytes(t->type) != 0, LMOE_ERR_BAD_FILE,
+                    "GGUF: tensor '%s' data is not aligned to its element size", name);
+    out->data = t->data;
+    out->type = t->type;
+    return LMOE_OK;
+}
+
+static lmoe_status bind_norm(lmoe_model *m, const char *name, const float **out) {
+    weight_ref ref;
+    FORWARD_IF_ERROR(bind_tensor(m, name, m->hp.n_embd, 0, 0, TYPES_F32, &ref));
+    *out = ref.data;
     return LMOE_OK;
 }
 
 static lmoe_status bind_layer(lmoe_model *m, uint32_t il, layer_weights *l) {
     const llama_hparams *hp = &m->hp;
     char name[96];
-#define BIND(field, suffix, cols, rows)                                                             \
-    do {                                                                                            \
-        snprintf(name, sizeof name, "blk.%u." suffix ".weight", il);                                \
-        FORWARD_IF_ERROR(bind(m, name, (cols), (rows), &l->field));                                 \
-    } while (0)
-    BIND(attn_norm, "attn_norm", hp->n_embd, 0);
-    BIND(wq, "attn_q", hp->n_embd, hp->n_embd);
-    BIND(wk, "attn_k", hp->n_embd, hp->n_embd_kv);
-    BIND(wv, "attn_v", hp->n_embd, hp->n_embd_kv);
-    BIND(wo, "attn_output", hp->n_embd, hp->n_embd);
-    BIND(ffn_norm, "ffn_norm", hp->n_embd, 0);
-    BIND(ffn_gate, "ffn_gate", hp->n_embd, hp->n_ff);
-    BIND(ffn_up, "ffn_up", hp->n_embd, hp->n_ff);
-    BIND(ffn_down, "ffn_down", hp->n_ff, hp->n_embd);
-#undef BIND
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%u." suffix ".weight", il), name)
+    FORWARD_IF_ERROR(bind_norm(m, NAME("attn_norm"), &l->attn_norm));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("attn_q"), hp->n_embd, hp->n_embd, 0, TYPES_MATRIX, &l->wq));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("attn_k"), hp->n_embd, hp->n_embd_kv, 0, TYPES_MATRIX, &l->wk));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("attn_v"), hp->n_embd, hp->n_embd_kv, 0, TYPES_MATRIX, &l->wv));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("attn_output"), hp->n_embd, hp->n_embd, 0, TYPES_MATRIX, &l->wo));
+    FORWARD_IF_ERROR(bind_norm(m, NAME("ffn_norm"), &l->ffn_norm));
+    if (hp->n_expert == 0) {
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate"), hp->n_embd, hp->n_ff, 0, TYPES_MATRIX, &l->ffn_gate));
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_up"), hp->n_embd, hp->n_ff, 0, TYPES_MATRIX, &l->ffn_up));
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_down"), hp->n_ff, hp->n_embd, 0, TYPES_MATRIX, &l->ffn_down));
+        return LMOE_OK;
+    }
+    uint32_t e = hp->n_expert;
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_inp"), hp->n_embd, e, 0, TYPES_MATRIX, &l->gate_inp));
+    if (hp->gate_kind == MOE_GATE_MLP)
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_inp_2"), e, e, 0, TYPES_MATRIX, &l->gate_inp_2));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_exps"), hp->n_embd, hp->n_ff, e, TYPES_MATRIX, &l->gate_exps));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_up_exps"), hp->n_embd, hp->n_ff, e, TYPES_MATRIX, &l->up_exps));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_down_exps"), hp->n_ff, hp->n_embd, e, TYPES_MATRIX, &l->down_exps));
+#undef NAME
     return LMOE_OK;
 }
 
 static lmoe_status bind_weights(lmoe_model *m) {
     const llama_hparams *hp = &m->hp;
-    FORWARD_IF_ERROR(bind(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd));
-    FORWARD_IF_ERROR(bind(m, "output_norm.weight", hp->n_embd, 0, &m->output_norm));
+    FORWARD_IF_ERROR(bind_tensor(m, "token_embd.weight", hp->n_embd, hp->n_vocab, 0, TYPES_MATRIX,
+                                 &m->tok_embd));
+    FORWARD_IF_ERROR(bind_norm(m, "output_norm.weight", &m->output_norm));
     if (gguf_find_tensor(m->file, "output.weight"))
-        FORWARD_IF_ERROR(bind(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output));
+        FORWARD_IF_ERROR(bind_tensor(m, "output.weight", hp->n_embd, hp->n_vocab, 0, TYPES_MATRIX,
+                                     &m->output));
     else
         m->output = m->tok_embd; /* tied classifier */
     m->layers = calloc(hp->n_layer, sizeof *m->layers);
     RETURN_ERROR_IF(!m->layers, LMOE_ERR_OUT_OF_MEMORY, "out of memory for %u layers",
                     hp->n_layer);
     for (uint32_t il = 0; il < hp->n_layer; il++) FORWARD_IF_ERROR(bind_layer(m, il, &m->layers[il]));
-    return LMOE_OK;
+    return read_expert_scales(m);
 }
 
+/* All parameters, and those one token reads: of a stacked expert tensor only k of n_expert. */
 static void count_tensors(lmoe_model *m) {
     for (uint64_t i = 0; i < m->file->n_tensors; i++) {
         const gguf_tensor *t = &m->file->tensors[i];
-        m->n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        m->n_params += n;
         m->n_bytes += t->n_bytes;
+        bool stacked_experts = m->hp.n_expert && t->n_dims == 3 && t->ne[2] == m->hp.n_expert;
+        m->n_params_active += stacked_experts ? n / m->hp.n_expert * m->hp.n_expert_used : n;
     }
 }
 
@@ -156,13 +244,16 @@ static lmoe_status load(lmoe_model *m, bool vocab_only) {
     }
     FORWARD_IF_ERROR(vocab_load_gguf(&m->vocab, m->file));
     m->hp.n_vocab = m->vocab.n_tokens;
-    count_tensors(m);
-    if (vocab_only || m->file->n_tensors == 0) return LMOE_OK;
-
-    RETURN_ERROR_IF(!gguf_str_eq(arch, "llama"), LMOE_ERR_UNSUPPORTED,
-                    "GGUF: architecture '%s' is not supported (this version runs 'llama')",
-                    m->architecture);
+    if (vocab_only || m->file->n_tensors == 0) {
+        count_tensors(m);
+        return LMOE_OK;
+    }
+    RETURN_ERROR_IF(!gguf_str_eq(arch, "llama") && !gguf_str_eq(arch, "llama_moe"),
+                    LMOE_ERR_UNSUPPORTED,
+                    "GGUF: architecture '%.*s' is not supported (this version runs 'llama' and "
+                    "'llama_moe')", (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     FORWARD_IF_ERROR(read_hparams(m->file, m->architecture, &m->hp));
+    count_tensors(m);
     FORWARD_IF_ERROR(bind_weights(m));
     m->has_weights = true;
     return LMOE_OK;

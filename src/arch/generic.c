@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "quant.h"
 
 /* run.c rounds every product before adding it. Clang would fuse a * b + c into one FMA when the
  * target has it (-march=native); GCC in ISO C mode (-std=c11) already does not. */
@@ -20,6 +21,27 @@ static void generic_matvec_f32(const float *w, const float *x, float *y, size_t 
         const float *row = w + r * n_cols;
         float val = 0.0f;
         for (size_t j = 0; j < n_cols; j++) val += row[j] * x[j];
+        y[r] = val;
+    }
+}
+
+/* 16-bit weights: widened exactly, then the f32 loop's order. */
+static void generic_matvec_f16(const uint16_t *w, const float *x, float *y, size_t n_cols,
+                               size_t row_begin, size_t row_end) {
+    for (size_t r = row_begin; r < row_end; r++) {
+        const uint16_t *row = w + r * n_cols;
+        float val = 0.0f;
+        for (size_t j = 0; j < n_cols; j++) val += lmoe_f16_to_f32(row[j]) * x[j];
+        y[r] = val;
+    }
+}
+
+static void generic_matvec_bf16(const uint16_t *w, const float *x, float *y, size_t n_cols,
+                                size_t row_begin, size_t row_end) {
+    for (size_t r = row_begin; r < row_end; r++) {
+        const uint16_t *row = w + r * n_cols;
+        float val = 0.0f;
+        for (size_t j = 0; j < n_cols; j++) val += lmoe_bf16_to_f32(row[j]) * x[j];
         y[r] = val;
     }
 }
@@ -74,6 +96,8 @@ static void generic_axpy(float *y, float a, const float *x, size_t n) {
 static const lmoe_kernels generic_table = {
     .name = "generic",
     .matvec_f32 = generic_matvec_f32,
+    .matvec_f16 = generic_matvec_f16,
+    .matvec_bf16 = generic_matvec_bf16,
     .dot_f32 = generic_dot_f32,
     .rmsnorm = generic_rmsnorm,
     .softmax = generic_softmax,

@@ -8,6 +8,7 @@
 #define LMOE_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct lmoe_kernels {
     const char *name;
@@ -16,6 +17,13 @@ typedef struct lmoe_kernels {
      * computed, y[r] for r in that range. Most of the time of a forward pass is spent here. */
     void (*matvec_f32)(const float *w, const float *x, float *y, size_t n_cols, size_t row_begin,
                        size_t row_end);
+
+    /* The same with 16-bit weights (IEEE half / bfloat16, row-major uint16), f32 x and y; each
+     * weight is widened exactly and the products are accumulated in f32. */
+    void (*matvec_f16)(const uint16_t *w, const float *x, float *y, size_t n_cols,
+                       size_t row_begin, size_t row_end);
+    void (*matvec_bf16)(const uint16_t *w, const float *x, float *y, size_t n_cols,
+                        size_t row_begin, size_t row_end);
 
     /* a (n,) . b (n,) -> returned. */
     float (*dot_f32)(const float *a, const float *b, size_t n);

@@ -1,0 +1,66 @@
+/* quant.c - f32 <-> f16 / bf16 reference conversions (see quant.h). */
+#include "quant.h"
+
+uint16_t lmoe_f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u); /* NaN */
+    uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)((bits + rounding) >> 16);
+}
+
+float lmoe_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1fu;
+    uint32_t mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | (mantissa << 13); /* inf or NaN */
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        bits = sign; /* signed zero */
+    } else {
+        /* subnormal: shift the mantissa up until its leading 1 is the implicit bit */
+        exponent = 113;
+        while ((mantissa & 0x400u) == 0) {
+            mantissa <<= 1;
+            exponent--;
+        }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+uint16_t lmoe_f32_to_f16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    uint32_t abs = bits & 0x7fffffffu;
+    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);   /* NaN */
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* rounds to >= 65520: inf */
+    if (abs >= 0x38800000u) {                                   /* normal half */
+        uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+        return (uint16_t)(sign | ((rounded - 0x38000000u) >> 13));
+    }
+    if (abs < 0x33000000u) return sign; /* below half the smallest subnormal: zero */
+    /* subnormal half: value = mantissa * 2^-24; round the 24-bit significand to nearest even */
+    uint32_t exponent = abs >> 23;
+    uint32_t significand = (abs & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126u - exponent; /* 14 .. 24 */
+    uint32_t half = 1u << (shift - 1);
+    uint32_t rest = significand & ((1u << shift) - 1u);
+    uint32_t value = significand >> shift;
+    if (rest > half || (rest == half && (value & 1u))) value++;
+    return (uint16_t)(sign | value);
+}
+
+void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = lmoe_bf16_to_f32(src[i]);
+}
+
+void lmoe_f16_row_to_f32(const uint16_t *src, float *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = lmoe_f16_to_f32(src[i]);
+}
