@@ -595,10 +595,14 @@ typedef struct writer_tensor {
     uint32_t n_dims;
     uint64_t ne[GGUF_MAX_DIMS];
     const void *data;
+    gguf_tensor_fill_fn fill; /* when data is NULL: produces the bytes at write time */
+    void *fill_user;
     uint64_t n_bytes;
 } writer_tensor;
 
 struct gguf_writer {
+    gguf_write_progress_fn progress;
+    void *progress_user;
     writer_kv *kv;
     size_t n_kv, cap_kv;
     writer_tensor *tensors;
@@ -741,6 +745,20 @@ lmoe_status gguf_writer_set_str_array(gguf_writer *w, const char *key, const cha
     return add_kv(w, key, GGUF_TYPE_ARRAY, buf, size);
 }
 
+void gguf_writer_set_progress(gguf_writer *w, gguf_write_progress_fn fn, void *user) {
+    w->progress = fn;
+    w->progress_user = user;
+}
+
+lmoe_status gguf_writer_add_tensor_fill(gguf_writer *w, const char *name, ggml_type type,
+                                        uint32_t n_dims, const uint64_t *ne,
+                                        gguf_tensor_fill_fn fill, void *user) {
+    FORWARD_IF_ERROR(gguf_writer_add_tensor(w, name, type, n_dims, ne, NULL));
+    w->tensors[w->n_tensors - 1].fill = fill;
+    w->tensors[w->n_tensors - 1].fill_user = user;
+    return LMOE_OK;
+}
+
 lmoe_status gguf_writer_add_tensor(gguf_writer *w, const char *name, ggml_type type,
                                    uint32_t n_dims, const uint64_t *ne, const void *data) {
     RETURN_ERROR_IF(n_dims == 0 || n_dims > GGUF_MAX_DIMS, LMOE_ERR_INVALID_ARGUMENT,
@@ -806,7 +824,21 @@ static void put_str(sink *s, const char *str) {
     put(s, str, strlen(str));
 }
 
-static void serialise(const gguf_writer *w, sink *s) {
+/* Produces a tensor's bytes with its fill callback and writes them. */
+static lmoe_status put_filled(sink *s, const writer_tensor *t) {
+    void *buf = t->n_bytes <= SIZE_MAX ? malloc(t->n_bytes ? (size_t)t->n_bytes : 1) : NULL;
+    RETURN_ERROR_IF(!buf, LMOE_ERR_OUT_OF_MEMORY,
+                    "GGUF writer: out of memory for tensor '%s' (%llu bytes)", t->name,
+                    (unsigned long long)t->n_bytes);
+    lmoe_status st = t->fill(t->fill_user, buf, (size_t)t->n_bytes);
+    if (st == LMOE_OK) put(s, buf, (size_t)t->n_bytes);
+    free(buf);
+    return lmoe_error_prefix(st, "tensor '%s'", t->name);
+}
+
+/* Returns LMOE_OK unless a fill callback failed (its message is set); sink failures are in
+ * s->failed. */
+static lmoe_status serialise(const gguf_writer *w, sink *s) {
     put(s, GGUF_MAGIC, 4);
     put_u32(s, 3);
     put_u64(s, w->n_tensors);
@@ -827,20 +859,27 @@ static void serialise(const gguf_writer *w, sink *s) {
         offset += (t->n_bytes + GGUF_DEFAULT_ALIGNMENT - 1) / GGUF_DEFAULT_ALIGNMENT *
                   GGUF_DEFAULT_ALIGNMENT;
     }
-    if (w->n_tensors == 0) return;
+    if (w->n_tensors == 0) return LMOE_OK;
     put_padding(s, GGUF_DEFAULT_ALIGNMENT);
-    for (size_t i = 0; i < w->n_tensors; i++) {
-        put(s, w->tensors[i].data, (size_t)w->tensors[i].n_bytes);
+    for (size_t i = 0; i < w->n_tensors && !s->failed; i++) {
+        const writer_tensor *t = &w->tensors[i];
+        if (t->fill) {
+            FORWARD_IF_ERROR(put_filled(s, t));
+        } else {
+            put(s, t->data, (size_t)t->n_bytes);
+        }
         put_padding(s, GGUF_DEFAULT_ALIGNMENT);
+        if (w->progress) w->progress(w->progress_user, i, w->n_tensors, t->name, t->n_bytes);
     }
+    return LMOE_OK;
 }
 
 lmoe_status gguf_writer_write_memory(gguf_writer *w, uint8_t **out, size_t *out_size) {
     sink s = {0};
-    serialise(w, &s);
-    if (s.failed) {
+    lmoe_status st = serialise(w, &s);
+    if (st != LMOE_OK || s.failed) {
         free(s.buf);
-        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
+        return st != LMOE_OK ? st : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     }
     *out = s.buf;
     *out_size = s.size;
@@ -859,14 +898,15 @@ lmoe_status gguf_writer_write(gguf_writer *w, const char *path) {
         free(tmp);
         return st;
     }
-    serialise(w, &s);
+    lmoe_status st = serialise(w, &s);
     int err = s.failed ? errno : 0;
     if (fclose(s.file) != 0 && !s.failed) {
         s.failed = 1;
         err = errno;
     }
-    lmoe_status st = LMOE_OK;
-    if (s.failed) {
+    if (st != LMOE_OK) {
+        remove(tmp);
+    } else if (s.failed) {
         st = lmoe_error(LMOE_ERR_IO, "%s: write failed: %s", tmp, strerror(err));
         remove(tmp);
     } else if (rename(tmp, path) != 0) {

@@ -141,6 +141,16 @@ lmoe_status gguf_writer_set_str_array(gguf_writer *w, const char *key, const cha
                                       const uint32_t *lens, uint64_t n);
 lmoe_status gguf_writer_add_tensor(gguf_writer *w, const char *name, ggml_type type,
                                    uint32_t n_dims, const uint64_t *ne, const void *data);
+/* A tensor whose bytes are produced at write time (conversions of large checkpoints never hold
+ * more than one converted tensor in memory): fill writes exactly n_bytes into dst. */
+typedef lmoe_status (*gguf_tensor_fill_fn)(void *user, void *dst, size_t n_bytes);
+lmoe_status gguf_writer_add_tensor_fill(gguf_writer *w, const char *name, ggml_type type,
+                                        uint32_t n_dims, const uint64_t *ne,
+                                        gguf_tensor_fill_fn fill, void *user);
+/* Called after each tensor is written: (user, index, count, name, bytes). */
+typedef void (*gguf_write_progress_fn)(void *user, size_t index, size_t count, const char *name,
+                                       uint64_t n_bytes);
+void gguf_writer_set_progress(gguf_writer *w, gguf_write_progress_fn fn, void *user);
 /* Writes a GGUF v3 file (to path.tmp, then renamed, so a failure leaves no partial file). */
 lmoe_status gguf_writer_write(gguf_writer *w, const char *path);
 /* Same into a malloc'd buffer (for tests and fuzz seeds); caller frees *out. */
