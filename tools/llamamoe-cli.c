@@ -20,6 +20,8 @@ typedef struct cli_options {
     int n_threads;
     unsigned n_ctx;
     int verbose;
+    int routing;             /* print expert usage after generation */
+    int chat;                /* Vicuna v1.1 chat: -p is one user turn, else turns from stdin */
     lmoe_sampler_params sampling;
     const char *stops[MAX_STOPS];
     size_t n_stops;
@@ -40,6 +42,10 @@ static void usage(FILE *out) {
             "  -t, --threads N         threads (default: one per CPU)\n"
             "  -c, --ctx-size N        context size in tokens (default: the model's)\n"
             "      --stop TEXT         stop when TEXT is generated (repeatable)\n"
+            "      --routing           print each layer's expert usage after generation (MoE)\n"
+            "      --chat              chat in the model's recorded format (Vicuna v1.1 for\n"
+            "                          LLaMA-MoE SFT models): -p is one user turn, without -p\n"
+            "                          each line of stdin is a turn\n"
             "  -v, --verbose           log what the library does to stderr\n");
 }
 
@@ -70,6 +76,14 @@ static int parse_args(int argc, char **argv, cli_options *o) {
         }
         if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
             o->verbose = 1;
+            continue;
+        }
+        if (strcmp(a, "--routing") == 0) {
+            o->routing = 1;
+            continue;
+        }
+        if (strcmp(a, "--chat") == 0) {
+            o->chat = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -148,6 +162,98 @@ static const char *stop_reason_name(lmoe_stop_reason r) {
     return "error";
 }
 
+static void print_stats(const lmoe_generate_result *res) {
+    fprintf(stderr, "prompt: %u tokens in %.1f ms (%.1f tokens/s); generation: %u tokens in "
+            "%.1f ms (%.1f tokens/s); stopped on: %s\n", res->n_prompt_tokens, res->prompt_ms,
+            res->prompt_ms > 0 ? res->n_prompt_tokens * 1e3 / res->prompt_ms : 0.0,
+            res->n_generated, res->generate_ms,
+            res->generate_ms > 0 ? res->n_generated * 1e3 / res->generate_ms : 0.0,
+            stop_reason_name(res->stop_reason));
+}
+
+/* Per layer: how often each expert was chosen, as a share of that layer's selections. */
+static lmoe_status print_routing(const lmoe_model *model, const lmoe_context *ctx) {
+    lmoe_model_info info;
+    lmoe_status st = lmoe_model_get_info(model, &info, sizeof info);
+    if (st != LMOE_OK) return st;
+    if (info.n_expert == 0) {
+        fprintf(stderr, "routing: the model is dense (no experts)\n");
+        return LMOE_OK;
+    }
+    size_t n = (size_t)info.n_layer * (size_t)info.n_expert;
+    uint64_t *counts = malloc(n * sizeof *counts);
+    if (!counts) return LMOE_ERR_OUT_OF_MEMORY;
+    st = lmoe_context_expert_counts(ctx, counts, n);
+    if (st == LMOE_OK) {
+        fprintf(stderr, "expert usage (%% of each layer's selections; %d of %d experts per token)\n",
+                info.n_expert_used, info.n_expert);
+        fprintf(stderr, "layer");
+        for (int e = 0; e < info.n_expert; e++) fprintf(stderr, " %5d", e);
+        fprintf(stderr, "\n");
+        for (int l = 0; l < info.n_layer; l++) {
+            uint64_t total = 0;
+            for (int e = 0; e < info.n_expert; e++) total += counts[(size_t)l * info.n_expert + e];
+            fprintf(stderr, "%5d", l);
+            for (int e = 0; e < info.n_expert; e++)
+                fprintf(stderr, " %5.1f", total ? 100.0 * counts[(size_t)l * info.n_expert + e] / total : 0.0);
+            fprintf(stderr, "\n");
+        }
+    }
+    free(counts);
+    return st;
+}
+
+#define VICUNA_SYSTEM                                                                              \
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives " \
+    "helpful, detailed, and polite answers to the user's questions."
+
+/* One chat turn in Vicuna v1.1: the first turn carries the system text; a finished assistant
+ * turn ends with </s> (EOS), which is evaluated before the next user turn. */
+static lmoe_status chat_turn(lmoe_context *ctx, lmoe_sampler *sampler, lmoe_generate_params *gp,
+                             const char *message, lmoe_generate_result *res) {
+    size_t len = strlen(message) + sizeof VICUNA_SYSTEM + 32;
+    char *prompt = malloc(len);
+    if (!prompt) return LMOE_ERR_OUT_OF_MEMORY;
+    if (lmoe_context_n_tokens(ctx) == 0)
+        snprintf(prompt, len, "%s USER: %s ASSISTANT:", VICUNA_SYSTEM, message);
+    else
+        snprintf(prompt, len, "USER: %s ASSISTANT:", message);
+    lmoe_status st = lmoe_generate(ctx, sampler, prompt, strlen(prompt), gp, res, sizeof *res);
+    free(prompt);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (st == LMOE_OK && res->stop_reason == LMOE_STOP_EOS) {
+        lmoe_token eos = lmoe_token_eos(lmoe_context_model(ctx));
+        st = lmoe_eval(ctx, &eos, 1);
+    }
+    return st;
+}
+
+static int has_vicuna_format(const lmoe_model *model) {
+    char format[64];
+    return lmoe_model_meta_string(model, "llamamoe.chat_format", format, sizeof format, NULL) ==
+               LMOE_OK &&
+           strcmp(format, "vicuna_v1.1") == 0;
+}
+
+static lmoe_status run_chat(const cli_options *o, lmoe_context *ctx, lmoe_sampler *sampler,
+                            lmoe_generate_params *gp) {
+    lmoe_generate_result res = {0};
+    if (o->prompt) {
+        lmoe_status st = chat_turn(ctx, sampler, gp, o->prompt, &res);
+        print_stats(&res);
+        return st;
+    }
+    char line[8192];
+    lmoe_status st = LMOE_OK;
+    while (st == LMOE_OK && fputs("> ", stderr) >= 0 && fgets(line, sizeof line, stdin)) {
+        line[strcspn(line, "\n")] = 0;
+        if (!line[0]) continue;
+        st = chat_turn(ctx, sampler, gp, line, &res);
+    }
+    return st;
+}
+
 static int run(const cli_options *o) {
     lmoe_model_params mp;
     lmoe_context_params cp;
@@ -174,7 +280,16 @@ static int run(const cli_options *o) {
     lmoe_status st = lmoe_model_load(o->model_path, &mp, &model);
     if (st == LMOE_OK) what = "creating the context", st = lmoe_context_create(model, &cp, &ctx);
     if (st == LMOE_OK) what = "creating the sampler", st = lmoe_sampler_create(&o->sampling, &sampler);
-    if (st == LMOE_OK) {
+    int usage_error = st == LMOE_OK && o->chat && !has_vicuna_format(model);
+    if (usage_error)
+        fprintf(stderr, "llamamoe-cli: the model records no chat format this program knows "
+                "(convert an SFT model with: llamamoe-convert hf DIR --chat vicuna -o OUT)\n");
+    if (usage_error) {
+        /* nothing to run */
+    } else if (st == LMOE_OK && o->chat) {
+        what = "chatting";
+        st = run_chat(o, ctx, sampler, &gp);
+    } else if (st == LMOE_OK) {
         const char *prompt = o->prompt ? o->prompt : "";
         fputs(prompt, stdout); /* echo the prompt; generated text continues it */
         fflush(stdout);
@@ -182,20 +297,16 @@ static int run(const cli_options *o) {
         st = lmoe_generate(ctx, sampler, prompt, strlen(prompt), &gp, &res, sizeof res);
         fputc('\n', stdout);
         fflush(stdout);
-        fprintf(stderr, "prompt: %u tokens in %.1f ms (%.1f tokens/s); generation: %u tokens in "
-                "%.1f ms (%.1f tokens/s); stopped on: %s\n", res.n_prompt_tokens, res.prompt_ms,
-                res.prompt_ms > 0 ? res.n_prompt_tokens * 1e3 / res.prompt_ms : 0.0,
-                res.n_generated, res.generate_ms,
-                res.generate_ms > 0 ? res.n_generated * 1e3 / res.generate_ms : 0.0,
-                stop_reason_name(res.stop_reason));
+        print_stats(&res);
     }
+    if (st == LMOE_OK && o->routing) what = "reading the routing", st = print_routing(model, ctx);
     if (st != LMOE_OK)
         fprintf(stderr, "llamamoe-cli: error %s: %s (%s)\n", what, lmoe_last_error(),
                 lmoe_status_string(st));
     lmoe_sampler_free(sampler);
     lmoe_context_free(ctx);
     lmoe_model_free(model);
-    return st == LMOE_OK ? 0 : 1;
+    return st == LMOE_OK && !usage_error ? 0 : 1;
 }
 
 int main(int argc, char **argv) {

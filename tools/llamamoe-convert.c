@@ -11,6 +11,7 @@
 #include "error.h"
 #include "file_map.h"
 #include "gguf.h"
+#include "hf.h"
 #include "llama2c.h"
 #include "tokenizer_import.h"
 #include "vocab.h"
@@ -21,6 +22,12 @@ static void usage(FILE *out) {
             "  llamamoe-convert llama2c CHECKPOINT TOKENIZER -o OUT.gguf\n"
             "      a llama2.c checkpoint (legacy or version-1 layout, float32) and its tokenizer\n"
             "      (llama2.c tokenizer.bin, or a SentencePiece tokenizer.model) to one GGUF file\n"
+            "  llamamoe-convert hf DIR -o OUT.gguf [--type f32|f16|bf16] [--chat none|vicuna]\n"
+            "      a Hugging Face checkpoint folder (config.json, tokenizer.model, safetensors or\n"
+            "      PyTorch .bin shards, single or indexed) of a LLaMA-MoE v1 (llama_moe), LLaMA\n"
+            "      (llama) or Mixtral-style (mixtral) model; --type sets the weight matrices' type\n"
+            "      (default: the checkpoint's), --chat the recorded chat format (default: vicuna\n"
+            "      for models whose name contains 'sft')\n"
             "  llamamoe-convert info FILE.gguf\n"
             "      print a GGUF file's metadata keys and tensors\n");
 }
@@ -151,18 +158,50 @@ static int cmd_info(const char *path) {
     return 0;
 }
 
+static void progress_to_stderr(void *user, const char *line) {
+    (void)user;
+    fprintf(stderr, "%s\n", line);
+}
+
+static int cmd_hf(const char *dir, const char *out_path, const char *type, const char *chat) {
+    hf_options o = {.progress = progress_to_stderr};
+    if (type) {
+        o.type_set = true;
+        if (strcmp(type, "f32") == 0) o.type = GGML_TYPE_F32;
+        else if (strcmp(type, "f16") == 0) o.type = GGML_TYPE_F16;
+        else if (strcmp(type, "bf16") == 0) o.type = GGML_TYPE_BF16;
+        else {
+            fprintf(stderr, "llamamoe-convert hf: --type must be f32, f16 or bf16, not '%s'\n", type);
+            return 2;
+        }
+    }
+    if (chat && strcmp(chat, "none") != 0 && strcmp(chat, "vicuna") != 0) {
+        fprintf(stderr, "llamamoe-convert hf: --chat must be none or vicuna, not '%s'\n", chat);
+        return 2;
+    }
+    o.chat_format = chat;
+    lmoe_status st = hf_convert(dir, out_path, &o);
+    if (st != LMOE_OK) return fail(st);
+    fprintf(stderr, "wrote %s\n", out_path);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
-    const char *out = NULL;
+    const char *out = NULL, *type = NULL, *chat = NULL;
     const char *pos[4];
     int n_pos = 0;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
             out = argv[++i];
+        } else if (strcmp(argv[i], "--type") == 0 && i + 1 < argc) {
+            type = argv[++i];
+        } else if (strcmp(argv[i], "--chat") == 0 && i + 1 < argc) {
+            chat = argv[++i];
         } else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "llamamoe-convert: unknown option %s\n", argv[i]);
             usage(stderr);
@@ -180,6 +219,13 @@ int main(int argc, char **argv) {
             return 2;
         }
         return cmd_llama2c(pos[0], pos[1], out);
+    }
+    if (strcmp(cmd, "hf") == 0) {
+        if (n_pos != 1 || !out) {
+            fprintf(stderr, "llamamoe-convert hf: needs DIR -o OUT.gguf\n");
+            return 2;
+        }
+        return cmd_hf(pos[0], out, type, chat);
     }
     if (strcmp(cmd, "info") == 0) {
         if (n_pos != 1) {
