@@ -113,6 +113,51 @@ int test_run(char *const argv[], char **out, size_t *out_len) {
     return WEXITSTATUS(status);
 }
 
+int test_run_merged(char *const argv[], char **out, size_t *out_len) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap + 1);
+    for (;;) {
+        if (buf && len == cap) {
+            char *p = realloc(buf, cap * 2 + 1);
+            if (!p) { free(buf); buf = NULL; }
+            else { buf = p; cap *= 2; }
+        }
+        char sink[4096];
+        ssize_t n = buf ? read(fds[0], buf + len, cap - len) : read(fds[0], sink, sizeof sink);
+        if (n <= 0) break;
+        if (buf) len += (size_t)n;
+    }
+    close(fds[0]);
+    int status;
+    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || !buf) {
+        free(buf);
+        return -1;
+    }
+    buf[len] = 0;
+    *out = buf;
+    *out_len = len;
+    return WEXITSTATUS(status);
+}
+
 const char *test_stories_gguf(const char *name) {
     static char out_path[4096];
     char ckpt_path[4096], tok_path[4096];

@@ -58,6 +58,9 @@ int test_write_file(const char *path, const void *data, size_t size);
  * buffer (*out, NUL appended, *out_len bytes); stderr passes through. Returns the exit status, or -1
  * if it could not run or did not exit normally. */
 int test_run(char *const argv[], char **out, size_t *out_len);
+/* Same as test_run, but captures stderr too, interleaved with stdout in *out (for checking a
+ * tool's error message). */
+int test_run_merged(char *const argv[], char **out, size_t *out_len);
 
 /* Converts ../shared/models/stories260K.bin + tok512.bin in-process (no tool) to a GGUF named
  * name in the scratch folder and returns its path (static buffer), or NULL with a message. */
