@@ -90,7 +90,7 @@ static char *join_path(const char *dir, const char *name) {
 /* Absent means "try the next layout"; any other stat failure is left for open to report. */
 static int path_exists(const char *path) {
     struct stat st;
-    return stat(path, &st) == 0 || errno != ENOENT;
+    return stat(path, &st) == 0 || (errno != ENOENT && errno != ENOTDIR);
 }
 
 static lmoe_status open_one(const char *path, ckpt_set *out, ckpt_parse_fn parse,
@@ -271,6 +271,11 @@ lmoe_status ckpt_set_open_dir(const char *dir, ckpt_set *out, ckpt_progress_fn p
     RETURN_ERROR_IF(!out, LMOE_ERR_INVALID_ARGUMENT, "ckpt_set_open_dir: out is NULL");
     memset(out, 0, sizeof *out);
     RETURN_ERROR_IF(!dir, LMOE_ERR_INVALID_ARGUMENT, "ckpt_set_open_dir: dir is NULL");
+    struct stat st;
+    RETURN_ERROR_IF(stat(dir, &st) != 0, LMOE_ERR_IO, "%s: cannot open folder: %s", dir,
+                    strerror(errno));
+    RETURN_ERROR_IF(!S_ISDIR(st.st_mode), LMOE_ERR_IO,
+                    "%s: not a folder (give the checkpoint folder, not one of its files)", dir);
     lmoe_status status = open_dir(dir, out, progress, user);
     if (status != LMOE_OK) ckpt_set_close(out);
     return status;
