@@ -2,8 +2,10 @@
  *
  *   bench_decode MODEL.gguf [N_THREADS] [N_TOKENS] [REPEATS]
  *
- * Decode reads every weight once per token, so bytes-of-weights x tokens/s is the bandwidth the
- * forward pass sustains; compare it with the machine's memory bandwidth (docs/PERFORMANCE.md). */
+ * Decode reads every active weight once per token (for MoE, only the selected experts'), so
+ * active-weight bytes x tokens/s is the bandwidth the forward pass sustains; compare it with the
+ * machine's memory bandwidth (docs/PERFORMANCE.md). The figure counts the whole embedding table,
+ * of which a token reads one row, so for small-vocabulary-heavy models it is an overestimate. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -69,11 +71,14 @@ int main(int argc, char **argv) {
     qsort(decode_s, (size_t)repeats, sizeof(double), cmp_double);
     double prompt_tps = n_tokens / prompt_s[repeats / 2];
     double decode_tps = n_tokens / decode_s[repeats / 2];
-    printf("model %s: %llu parameters, %.1f MB of weights\n", argv[1],
-           (unsigned long long)info.n_params, (double)info.n_bytes / 1e6);
-    printf("threads %d, %d tokens, median of %d: prompt %.1f tokens/s, decode %.1f tokens/s, "
-           "decode weight bandwidth %.2f GB/s\n", n_threads, n_tokens, repeats, prompt_tps,
-           decode_tps, decode_tps * (double)info.n_bytes / 1e9);
+    double active_bytes = (double)info.n_bytes * (double)info.n_params_active / (double)info.n_params;
+    printf("model %s: %llu parameters (%llu active), %.1f MB of weights (%.1f MB active)\n",
+           argv[1], (unsigned long long)info.n_params, (unsigned long long)info.n_params_active,
+           (double)info.n_bytes / 1e6, active_bytes / 1e6);
+    printf("threads %d, %d tokens, median of %d: prompt %.1f tokens/s, decode %.1f tokens/s "
+           "(prompt/decode %.1fx), decode active-weight bandwidth %.2f GB/s\n", n_threads,
+           n_tokens, repeats, prompt_tps, decode_tps, prompt_tps / decode_tps,
+           decode_tps * active_bytes / 1e9);
     free(tokens);
     lmoe_context_free(ctx);
     lmoe_model_free(model);

@@ -219,8 +219,9 @@ typedef int (*lmoe_abort_fn)(void *user);
 /* Receives the routing decision of one MoE layer for one token: the n_used selected experts in
  * descending gate-logit order, and the weight each expert's output is multiplied by (for LLaMA-MoE
  * the softmax over the selected logits times the score scale; for Mixtral-style files the
- * renormalised softmax). Called on the thread running lmoe_eval, in layer order for each token;
- * the arrays are valid only during the call. Must not call back into the context. */
+ * renormalised softmax). Called on the thread running lmoe_eval, once per layer and token (a
+ * batch is routed layer by layer: for each layer, its tokens in position order); the arrays are
+ * valid only during the call. Must not call back into the context. */
 typedef void (*lmoe_routing_fn)(void *user, int32_t layer, uint32_t pos, const int32_t *experts,
                                 const float *weights, int32_t n_used);
 

@@ -310,8 +310,11 @@ lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_toke
                   n_vocab);
     ctx->logits_valid = false;
     lmoe_status st = LMOE_OK;
-    for (size_t i = 0; i < n_tokens && st == LMOE_OK; i++)
-        st = forward_token(ctx, tokens[i], ctx->n_past + (uint32_t)i, i + 1 == n_tokens);
+    for (size_t i = 0; i < n_tokens && st == LMOE_OK; i += FORWARD_MAX_BATCH) {
+        size_t n = n_tokens - i < FORWARD_MAX_BATCH ? n_tokens - i : FORWARD_MAX_BATCH;
+        st = forward_batch(ctx, tokens + i, (uint32_t)n, ctx->n_past + (uint32_t)i,
+                           i + n == n_tokens);
+    }
     commit_expert_counts(ctx, st == LMOE_OK);
     if (st != LMOE_OK) return st;
     ctx->n_past += (uint32_t)n_tokens;

@@ -12,24 +12,33 @@
 #include "model.h"
 #include "threadpool.h"
 
-/* Activations of one token and the KV cache; every buffer is owned by the context. */
+/* Tokens evaluated together: each weight row is read once per batch rather than once per token,
+ * and an expert runs once over all the batch's tokens routed to it. lmoe_eval splits longer
+ * inputs into batches of this size. */
+#define FORWARD_MAX_BATCH 32
+
+/* Activations of a batch and the KV cache; every buffer is owned by the context. Rows are tokens:
+ * "(B, n)" is FORWARD_MAX_BATCH rows of n floats. */
 typedef struct forward_state {
-    float *x;            /* (n_embd) residual stream */
-    float *xb;           /* (n_embd) normed input / attention output */
-    float *xb2;          /* (n_embd) projection output */
-    float *q;            /* (n_embd) queries of all heads */
-    float *hb;           /* (n_ff) FFN gate activations, then silu(gate) * up */
-    float *hb2;          /* (n_ff) FFN up activations */
-    float *att;          /* (n_head, n_ctx) attention scores */
-    float *logits;       /* (n_vocab) */
+    float *x;            /* (B, n_embd) residual stream */
+    float *xb;           /* (B, n_embd) normed input / attention output */
+    float *xb2;          /* (B, n_embd) projection / FFN output */
+    float *q;            /* (B, n_embd) queries of all heads */
+    float *hb;           /* (B, n_ff) FFN gate activations, then silu(gate) * up */
+    float *hb2;          /* (B, n_ff) FFN up activations */
+    float *att;          /* (n_head, n_ctx) attention scores of one token */
+    float *logits;       /* (n_vocab) of the batch's last token */
     float *key_cache;    /* (n_layer, n_ctx, n_embd_kv), RoPE applied */
     float *value_cache;  /* (n_layer, n_ctx, n_embd_kv) */
     /* MoE only (NULL for dense models) */
-    float *gate_logits;  /* (n_expert) */
-    float *gate_hidden;  /* (n_expert) tanh(W1 x) of an MLP gate */
-    float *expert_out;   /* (n_embd) one expert's output before weighting */
-    int32_t *selected;   /* (n_expert_used) chosen experts, descending gate logit */
-    float *selected_weights; /* (n_expert_used) their combine weights */
+    float *gate_logits;  /* (B, n_expert) */
+    float *gate_hidden;  /* (B, n_expert) tanh(W1 x) of an MLP gate */
+    int32_t *selected;   /* (B, n_expert_used) chosen experts, descending gate logit */
+    float *selected_weights; /* (B, n_expert_used) their combine weights */
+    float *expert_in;    /* (B, n_embd) the tokens routed to one expert, gathered */
+    float *expert_out;   /* (B, n_embd) that expert's outputs before weighting */
+    uint32_t *group;     /* (B) token index of each gathered row */
+    float *group_weights; /* (B) its combine weight */
 } forward_state;
 
 struct lmoe_context {
@@ -50,22 +59,26 @@ struct lmoe_context {
 };
 
 /* forward.c */
-/* W (n_rows, n_cols) of any weight type @ x (n_cols,) -> y (n_rows,), rows split over the pool. */
-void forward_matvec(lmoe_context *ctx, weight_ref w, const float *x, float *y, size_t n_rows,
-                    size_t n_cols);
+lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx);
+void forward_state_free(forward_state *s);
+/* Runs the transformer on n_tokens (1..FORWARD_MAX_BATCH) tokens at positions pos0.., writing
+ * their keys and values into the cache; computes the last token's logits when want_logits.
+ * Returns LMOE_ERR_ABORTED if the abort callback fired between layers. */
+lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t n_tokens,
+                          uint32_t pos0, bool want_logits);
+/* Y (n_tokens, n_rows; row stride ldy) = X (n_tokens, n_cols; stride ldx) @ W^T for a weight
+ * matrix W (n_rows, n_cols) of any weight type. Rows are split over the pool; each block of rows
+ * is applied to every token before the next block, so it is read from memory once. */
+void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
+                    size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols);
 /* The sub-matrix starting at row first_row of a matrix with n_cols columns. */
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols);
 
-lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx);
-void forward_state_free(forward_state *s);
-/* Runs the transformer on one token at position pos (< n_ctx), writing its keys and values into
- * the cache at pos; computes logits when want_logits. Returns LMOE_ERR_ABORTED if the abort
- * callback fired between layers. */
-lmoe_status forward_token(lmoe_context *ctx, lmoe_token token, uint32_t pos, bool want_logits);
-
 /* moe.c */
-/* The MoE FFN of layer il for one token at pos: routes x (n_embd, normed), runs the selected
- * experts and writes their weighted sum to out (n_embd). */
-void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos, const float *x, float *out);
+/* The MoE FFN of layer il for n_tokens tokens at positions pos0..: routes each row of x
+ * (n_tokens, n_embd; normed), runs every selected expert once over its tokens, and writes each
+ * token's weighted sum of expert outputs to out (n_tokens, n_embd). */
+void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, float *out,
+             uint32_t n_tokens);
 
 #endif

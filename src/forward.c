@@ -1,7 +1,10 @@
-/* forward.c - the LLaMA transformer for one token: RMSNorm, RoPE, grouped-query attention over the
- * KV cache, SwiGLU FFN, classifier. Reads top to bottom like llama2.c's run.c forward(), with the
- * same order of floating-point operations, so its logits match run.c's to rounding. The
- * matrix-vector products and the attention heads run on the context's thread pool. */
+/* forward.c - the LLaMA transformer for a batch of tokens: RMSNorm, RoPE, grouped-query attention
+ * over the KV cache, SwiGLU FFN (dense here, experts in moe.c), classifier.
+ *
+ * Layer by layer over the whole batch, so every weight row is read once per batch. Each token's
+ * arithmetic is the same, in the same order, as llama2.c run.c's forward() for one token, so
+ * logits match run.c to rounding whatever the batch size. The products run on the context's
+ * thread pool; attention heads too. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,10 +15,18 @@
 
 /* Below this many multiply-adds a product runs on the calling thread: waking workers costs more. */
 #define PARALLEL_MIN_MACS 32768u
+/* Rows of a weight matrix applied to all tokens of a batch before the next rows are read. */
+#define ROWS_PER_BLOCK 16u
 
 /* ------------------------------------------------------------------------------------------------
  * state
  * ---------------------------------------------------------------------------------------------- */
+
+static float *alloc_rows(size_t width, bool *ok) {
+    float *p = calloc((size_t)FORWARD_MAX_BATCH * width, sizeof(float));
+    *ok = *ok && p;
+    return p;
+}
 
 lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx) {
     memset(s, 0, sizeof *s);
@@ -23,28 +34,30 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32
     RETURN_ERROR_IF(kv_elems / n_ctx / hp->n_layer != hp->n_embd_kv ||
                         kv_elems > SIZE_MAX / sizeof(float) / 2,
                     LMOE_ERR_INVALID_ARGUMENT, "n_ctx %u is too large for this model", n_ctx);
-    s->x = calloc(hp->n_embd, sizeof(float));
-    s->xb = calloc(hp->n_embd, sizeof(float));
-    s->xb2 = calloc(hp->n_embd, sizeof(float));
-    s->q = calloc(hp->n_embd, sizeof(float));
-    s->hb = calloc(hp->n_ff, sizeof(float));
-    s->hb2 = calloc(hp->n_ff, sizeof(float));
+    bool ok = true;
+    s->x = alloc_rows(hp->n_embd, &ok);
+    s->xb = alloc_rows(hp->n_embd, &ok);
+    s->xb2 = alloc_rows(hp->n_embd, &ok);
+    s->q = alloc_rows(hp->n_embd, &ok);
+    s->hb = alloc_rows(hp->n_ff, &ok);
+    s->hb2 = alloc_rows(hp->n_ff, &ok);
     s->att = calloc((size_t)hp->n_head * n_ctx, sizeof(float));
     s->logits = calloc(hp->n_vocab, sizeof(float));
     s->key_cache = calloc(kv_elems, sizeof(float));
     s->value_cache = calloc(kv_elems, sizeof(float));
-    bool moe_ok = true;
+    ok = ok && s->att && s->logits && s->key_cache && s->value_cache;
     if (hp->n_expert) {
-        s->gate_logits = calloc(hp->n_expert, sizeof(float));
-        s->gate_hidden = calloc(hp->n_expert, sizeof(float));
-        s->expert_out = calloc(hp->n_embd, sizeof(float));
-        s->selected = calloc(hp->n_expert_used, sizeof(int32_t));
-        s->selected_weights = calloc(hp->n_expert_used, sizeof(float));
-        moe_ok = s->gate_logits && s->gate_hidden && s->expert_out && s->selected &&
-                 s->selected_weights;
+        s->gate_logits = alloc_rows(hp->n_expert, &ok);
+        s->gate_hidden = alloc_rows(hp->n_expert, &ok);
+        s->selected = calloc((size_t)FORWARD_MAX_BATCH * hp->n_expert_used, sizeof(int32_t));
+        s->selected_weights = alloc_rows(hp->n_expert_used, &ok);
+        s->expert_in = alloc_rows(hp->n_embd, &ok);
+        s->expert_out = alloc_rows(hp->n_embd, &ok);
+        s->group = calloc(FORWARD_MAX_BATCH, sizeof(uint32_t));
+        s->group_weights = alloc_rows(1, &ok);
+        ok = ok && s->selected && s->group;
     }
-    if (!moe_ok || !s->x || !s->xb || !s->xb2 || !s->q || !s->hb || !s->hb2 || !s->att || !s->logits ||
-        !s->key_cache || !s->value_cache) {
+    if (!ok) {
         forward_state_free(s);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY,
                           "out of memory for a context of %u tokens (KV cache %zu MiB)", n_ctx,
@@ -66,37 +79,47 @@ void forward_state_free(forward_state *s) {
     free(s->value_cache);
     free(s->gate_logits);
     free(s->gate_hidden);
-    free(s->expert_out);
     free(s->selected);
     free(s->selected_weights);
+    free(s->expert_in);
+    free(s->expert_out);
+    free(s->group);
+    free(s->group_weights);
     memset(s, 0, sizeof *s);
 }
 
 /* ------------------------------------------------------------------------------------------------
- * parallel pieces
+ * matrix products over the batch
  * ---------------------------------------------------------------------------------------------- */
 
-typedef struct matvec_job {
+typedef struct matmul_job {
     const lmoe_kernels *k;
     weight_ref w;
     const float *x;
+    size_t ldx;
     float *y;
+    size_t ldy;
+    size_t n_tokens;
     size_t n_cols;
-} matvec_job;
+} matmul_job;
 
-static void matvec_rows(void *arg, size_t begin, size_t end, int thread_id) {
+/* Rows [begin, end) for every token, a block of rows at a time. */
+static void matmul_rows(void *arg, size_t begin, size_t end, int thread_id) {
     (void)thread_id;
-    const matvec_job *job = arg;
-    switch (job->w.type) {
-    case GGML_TYPE_F16:
-        job->k->matvec_f16(job->w.data, job->x, job->y, job->n_cols, begin, end);
-        break;
-    case GGML_TYPE_BF16:
-        job->k->matvec_bf16(job->w.data, job->x, job->y, job->n_cols, begin, end);
-        break;
-    default: /* model.c binds only f32, f16 and bf16 matrices */
-        job->k->matvec_f32(job->w.data, job->x, job->y, job->n_cols, begin, end);
-        break;
+    const matmul_job *job = arg;
+    for (size_t r0 = begin; r0 < end; r0 += ROWS_PER_BLOCK) {
+        size_t r1 = r0 + ROWS_PER_BLOCK < end ? r0 + ROWS_PER_BLOCK : end;
+        for (size_t t = 0; t < job->n_tokens; t++) {
+            const float *x = job->x + t * job->ldx;
+            float *y = job->y + t * job->ldy;
+            switch (job->w.type) {
+            case GGML_TYPE_F16: job->k->matvec_f16(job->w.data, x, y, job->n_cols, r0, r1); break;
+            case GGML_TYPE_BF16: job->k->matvec_bf16(job->w.data, x, y, job->n_cols, r0, r1); break;
+            default: /* model.c binds only f32, f16 and bf16 matrices */
+                job->k->matvec_f32(job->w.data, x, y, job->n_cols, r0, r1);
+                break;
+            }
+        }
     }
 }
 
@@ -106,26 +129,33 @@ weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
     return w;
 }
 
-void forward_matvec(lmoe_context *ctx, weight_ref w, const float *x, float *y, size_t n_rows,
-                    size_t n_cols) {
-    matvec_job job = {ctx->kernels, w, x, y, n_cols};
-    if (n_rows * n_cols < PARALLEL_MIN_MACS) {
-        matvec_rows(&job, 0, n_rows, 0);
+void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
+                    size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols) {
+    matmul_job job = {ctx->kernels, w, x, ldx, y, ldy, n_tokens, n_cols};
+    if (n_rows * n_cols * n_tokens < PARALLEL_MIN_MACS) {
+        matmul_rows(&job, 0, n_rows, 0);
         return;
     }
     size_t n_chunks = (size_t)threadpool_n_threads(ctx->pool) * 4;
     size_t chunk = (n_rows + n_chunks - 1) / n_chunks;
-    threadpool_parallel_for(ctx->pool, n_rows, chunk < 4 ? 4 : chunk, matvec_rows, &job);
+    chunk = (chunk + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK * ROWS_PER_BLOCK;
+    threadpool_parallel_for(ctx->pool, n_rows, chunk, matmul_rows, &job);
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * attention
+ * ---------------------------------------------------------------------------------------------- */
 
 typedef struct attention_job {
     lmoe_context *ctx;
     uint32_t layer;
-    uint32_t pos;
+    uint32_t pos;            /* position of the token */
+    const float *q;          /* (n_embd) its queries */
+    float *out;              /* (n_embd) its attention output */
 } attention_job;
 
-/* Causal attention of the current token for heads [begin, end): scores against every cached key
- * up to pos, softmax, weighted sum of the cached values into xb. */
+/* Causal attention of one token for heads [begin, end): scores against every cached key up to
+ * pos, softmax, weighted sum of the cached values. */
 static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) {
     (void)thread_id;
     const attention_job *job = arg;
@@ -138,7 +168,7 @@ static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) 
     size_t layer_offset = (size_t)job->layer * ctx->n_ctx * kv_dim;
     float scale = sqrtf((float)hd);
     for (size_t h = begin; h < end; h++) {
-        const float *q = s->q + h * hd;
+        const float *q = job->q + h * hd;
         float *att = s->att + h * ctx->n_ctx;
         size_t kv_head_offset = (h / heads_per_kv) * hd;
         for (uint32_t t = 0; t <= job->pos; t++) {
@@ -146,13 +176,23 @@ static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) 
             att[t] = k->dot_f32(q, key, hd) / scale;
         }
         k->softmax(att, job->pos + 1);
-        float *out = s->xb + h * hd;
+        float *out = job->out + h * hd;
         memset(out, 0, hd * sizeof(float));
         for (uint32_t t = 0; t <= job->pos; t++) {
             const float *v = s->value_cache + layer_offset + (size_t)t * kv_dim + kv_head_offset;
             k->axpy(out, att[t], v, hd);
         }
     }
+}
+
+static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos, const float *q,
+                      float *out) {
+    const llama_hparams *hp = &ctx->model->hp;
+    attention_job job = {ctx, layer, pos, q, out};
+    if ((size_t)(pos + 1) * hp->n_embd < PARALLEL_MIN_MACS)
+        attention_heads(&job, 0, hp->n_head, 0);
+    else
+        threadpool_parallel_for(ctx->pool, hp->n_head, 1, attention_heads, &job);
 }
 
 /* Row `row` of the embedding matrix (n_embd wide) as f32. */
@@ -184,60 +224,70 @@ static void rope(float *vec, uint32_t n, uint32_t head_dim, uint32_t pos, float 
  * the forward pass
  * ---------------------------------------------------------------------------------------------- */
 
-lmoe_status forward_token(lmoe_context *ctx, lmoe_token token, uint32_t pos, bool want_logits) {
+/* Dense FFN of the batch: xb2 = w2(silu(w1 xb) * (w3 xb)). */
+static void dense_ffn(lmoe_context *ctx, const layer_weights *l, uint32_t n) {
+    const llama_hparams *hp = &ctx->model->hp;
+    forward_state *s = &ctx->state;
+    size_t dim = hp->n_embd, n_ff = hp->n_ff;
+    forward_matmul(ctx, l->ffn_gate, s->xb, dim, s->hb, n_ff, n, n_ff, dim);
+    forward_matmul(ctx, l->ffn_up, s->xb, dim, s->hb2, n_ff, n, n_ff, dim);
+    for (uint32_t t = 0; t < n; t++)
+        ctx->kernels->swiglu(s->hb + t * n_ff, s->hb + t * n_ff, s->hb2 + t * n_ff, n_ff);
+    forward_matmul(ctx, l->ffn_down, s->hb, n_ff, s->xb2, dim, n, dim, n_ff);
+}
+
+lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t n,
+                          uint32_t pos0, bool want_logits) {
     const lmoe_model *m = ctx->model;
     const llama_hparams *hp = &m->hp;
     const lmoe_kernels *k = ctx->kernels;
     forward_state *s = &ctx->state;
-    uint32_t dim = hp->n_embd, kv_dim = hp->n_embd_kv, n_ff = hp->n_ff;
+    size_t dim = hp->n_embd, kv_dim = hp->n_embd_kv;
 
-    /* token embedding */
-    embedding_row(m->tok_embd, (size_t)token, dim, s->x);
+    /* token embeddings */
+    for (uint32_t t = 0; t < n; t++) embedding_row(m->tok_embd, (size_t)tokens[t], dim, s->x + t * dim);
 
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         if (ctx->abort_fn && ctx->abort_fn(ctx->abort_user))
             return lmoe_error(LMOE_ERR_ABORTED, "evaluation aborted by the abort callback");
         const layer_weights *l = &m->layers[il];
-        size_t cache_row = ((size_t)il * ctx->n_ctx + pos) * kv_dim;
-        float *key = s->key_cache + cache_row;
-        float *value = s->value_cache + cache_row;
+        /* this batch's rows of the cache: positions pos0 .. pos0 + n - 1 are contiguous */
+        size_t cache_row = ((size_t)il * ctx->n_ctx + pos0) * kv_dim;
+        float *keys = s->key_cache + cache_row;
+        float *values = s->value_cache + cache_row;
 
         /* attention: x -> RMSNorm -> q, k, v; RoPE on q and k; k, v into the cache */
-        k->rmsnorm(s->xb, s->x, l->attn_norm, dim, hp->rms_eps);
-        forward_matvec(ctx, l->wq, s->xb, s->q, dim, dim);
-        forward_matvec(ctx, l->wk, s->xb, key, kv_dim, dim);
-        forward_matvec(ctx, l->wv, s->xb, value, kv_dim, dim);
-        rope(s->q, dim, hp->head_dim, pos, hp->rope_theta);
-        rope(key, kv_dim, hp->head_dim, pos, hp->rope_theta);
+        for (uint32_t t = 0; t < n; t++)
+            k->rmsnorm(s->xb + t * dim, s->x + t * dim, l->attn_norm, dim, hp->rms_eps);
+        forward_matmul(ctx, l->wq, s->xb, dim, s->q, dim, n, dim, dim);
+        forward_matmul(ctx, l->wk, s->xb, dim, keys, kv_dim, n, kv_dim, dim);
+        forward_matmul(ctx, l->wv, s->xb, dim, values, kv_dim, n, kv_dim, dim);
+        for (uint32_t t = 0; t < n; t++) {
+            rope(s->q + t * dim, (uint32_t)dim, hp->head_dim, pos0 + t, hp->rope_theta);
+            rope(keys + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, pos0 + t, hp->rope_theta);
+        }
 
-        /* per-head causal attention over positions 0..pos into xb */
-        attention_job job = {ctx, il, pos};
-        if ((size_t)(pos + 1) * dim < PARALLEL_MIN_MACS)
-            attention_heads(&job, 0, hp->n_head, 0);
-        else
-            threadpool_parallel_for(ctx->pool, hp->n_head, 1, attention_heads, &job);
+        /* per token, causal attention over positions 0..pos into xb (the whole batch's keys are
+         * in the cache already; a token looks only at those up to its own position) */
+        for (uint32_t t = 0; t < n; t++) attention(ctx, il, pos0 + t, s->q + t * dim, s->xb + t * dim);
 
         /* output projection and residual */
-        forward_matvec(ctx, l->wo, s->xb, s->xb2, dim, dim);
-        k->axpy(s->x, 1.0f, s->xb2, dim);
+        forward_matmul(ctx, l->wo, s->xb, dim, s->xb2, dim, n, dim, dim);
+        for (uint32_t t = 0; t < n; t++) k->axpy(s->x + t * dim, 1.0f, s->xb2 + t * dim, dim);
 
-        /* FFN on the normed residual, then residual: dense w2(silu(w1 x) * (w3 x)), or the
-         * weighted sum of the experts the gate selects (moe.c) */
-        k->rmsnorm(s->xb, s->x, l->ffn_norm, dim, hp->rms_eps);
-        if (hp->n_expert) {
-            moe_ffn(ctx, il, pos, s->xb, s->xb2);
-            k->axpy(s->x, 1.0f, s->xb2, dim);
-            continue;
-        }
-        forward_matvec(ctx, l->ffn_gate, s->xb, s->hb, n_ff, dim);
-        forward_matvec(ctx, l->ffn_up, s->xb, s->hb2, n_ff, dim);
-        k->swiglu(s->hb, s->hb, s->hb2, n_ff);
-        forward_matvec(ctx, l->ffn_down, s->hb, s->xb, dim, n_ff);
-        k->axpy(s->x, 1.0f, s->xb, dim);
+        /* FFN on the normed residual: dense, or the experts the gate selects (moe.c); residual */
+        for (uint32_t t = 0; t < n; t++)
+            k->rmsnorm(s->xb + t * dim, s->x + t * dim, l->ffn_norm, dim, hp->rms_eps);
+        if (hp->n_expert)
+            moe_ffn(ctx, il, pos0, s->xb, s->xb2, n);
+        else
+            dense_ffn(ctx, l, n);
+        for (uint32_t t = 0; t < n; t++) k->axpy(s->x + t * dim, 1.0f, s->xb2 + t * dim, dim);
     }
 
     if (!want_logits) return LMOE_OK;
-    k->rmsnorm(s->x, s->x, m->output_norm, dim, hp->rms_eps);
-    forward_matvec(ctx, m->output, s->x, s->logits, hp->n_vocab, dim);
+    float *last = s->x + (size_t)(n - 1) * dim;
+    k->rmsnorm(last, last, m->output_norm, dim, hp->rms_eps);
+    forward_matmul(ctx, m->output, last, dim, s->logits, hp->n_vocab, 1, hp->n_vocab, dim);
     return LMOE_OK;
 }
