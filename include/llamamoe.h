@@ -165,7 +165,8 @@ LMOE_API lmoe_status lmoe_model_get_info(const lmoe_model *model, lmoe_model_inf
                                          size_t info_size);
 
 /* METHOD: lmoe_model. Copies the value of the metadata key as text into buf (NUL-terminated):
- * strings as they are, numbers in decimal, booleans as "true"/"false", arrays as "[array of N]".
+ * strings as they are, numbers in decimal, booleans as "true"/"false", arrays as
+ * "[array of N TYPE]" (e.g. "[array of 32000 string]").
  * *len (optional) receives the length without the NUL. Returns LMOE_ERR_INVALID_ARGUMENT if the
  * key is absent and LMOE_ERR_BUFFER_TOO_SMALL (with *len set) if buf is too small. Any thread. */
 LMOE_API lmoe_status lmoe_model_meta_string(const lmoe_model *model, const char *key, char *buf,

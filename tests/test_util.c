@@ -188,3 +188,58 @@ const char *test_stories_gguf(const char *name) {
     }
     return out_path;
 }
+
+int test_write_safetensors(const char *path, const test_st_tensor *tensors, size_t n_tensors) {
+    size_t hcap = 256 + n_tensors * 512, hlen = 0;
+    char *header = malloc(hcap + 8);
+    if (!header) return -1;
+    uint64_t off = 0;
+    hlen += (size_t)snprintf(header + hlen, hcap - hlen, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (size_t i = 0; i < n_tensors && hlen < hcap; i++) {
+        const test_st_tensor *t = &tensors[i];
+        size_t elem = strcmp(t->dtype, "F32") == 0 ? 4 : 2;
+        uint64_t count = 1;
+        for (uint32_t d = 0; d < t->n_dims && d < 4; d++) count *= t->shape[d];
+        hlen += (size_t)snprintf(header + hlen, hcap - hlen, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[",
+                                 t->name, t->dtype);
+        for (uint32_t d = 0; d < t->n_dims && d < 4 && hlen < hcap; d++)
+            hlen += (size_t)snprintf(header + hlen, hcap - hlen, "%s%llu", d ? "," : "",
+                                     (unsigned long long)t->shape[d]);
+        if (hlen < hcap)
+            hlen += (size_t)snprintf(header + hlen, hcap - hlen, "],\"data_offsets\":[%llu,%llu]}",
+                                     (unsigned long long)off, (unsigned long long)(off + count * elem));
+        off += count * elem;
+    }
+    if (hlen < hcap) hlen += (size_t)snprintf(header + hlen, hcap - hlen, "}");
+    if (hlen >= hcap) {
+        free(header);
+        return -1;
+    }
+    while (hlen % 8) header[hlen++] = ' ';
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(header);
+        return -1;
+    }
+    uint8_t len_le[8];
+    for (int b = 0; b < 8; b++) len_le[b] = (uint8_t)((uint64_t)hlen >> (8 * b));
+    int ok = fwrite(len_le, 1, 8, f) == 8 && fwrite(header, 1, hlen, f) == hlen;
+    for (size_t i = 0; i < n_tensors && ok; i++) {
+        const test_st_tensor *t = &tensors[i];
+        size_t elem = strcmp(t->dtype, "F32") == 0 ? 4 : 2;
+        size_t count = 1;
+        for (uint32_t d = 0; d < t->n_dims && d < 4; d++) count *= (size_t)t->shape[d];
+        ok = fwrite(t->data, elem, count, f) == count;
+    }
+    free(header);
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
+int test_copy_file(const char *from, const char *to) {
+    size_t size = 0;
+    char *data = test_read_file(from, &size);
+    if (!data) return -1;
+    int rc = test_write_file(to, data, size);
+    free(data);
+    return rc;
+}

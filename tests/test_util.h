@@ -66,4 +66,21 @@ int test_run_merged(char *const argv[], char **out, size_t *out_len);
  * name in the scratch folder and returns its path (static buffer), or NULL with a message. */
 const char *test_stories_gguf(const char *name);
 
+/* One tensor of a safetensors file written by test_write_safetensors. */
+typedef struct test_st_tensor {
+    const char *name;
+    const char *dtype;       /* "F32", "F16" or "BF16" */
+    uint32_t n_dims;         /* 1 to 4 */
+    uint64_t shape[4];       /* outermost first, as safetensors and PyTorch list them */
+    const void *data;        /* the product of shape elements of dtype, little-endian */
+} test_st_tensor;
+
+/* Writes a safetensors file the way the Python library does: 8-byte little-endian header length,
+ * compact JSON header ("__metadata__" {"format": "pt"} first, then the tensors in the given order)
+ * padded with spaces to a multiple of 8, then the data back to back. Returns 0 on success. */
+int test_write_safetensors(const char *path, const test_st_tensor *tensors, size_t n_tensors);
+
+/* Copies a file (all of it); returns 0 on success. */
+int test_copy_file(const char *from, const char *to);
+
 #endif
