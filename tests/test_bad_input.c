@@ -78,31 +78,6 @@ static lmoe_status make_model(const tiny_opts *o, uint8_t **buf, size_t *size) {
     lmoe_status st = gguf_writer_create(&w);
     if (st != LMOE_OK) return st;
 
-    /* vocabulary: <unk>, <s>, </s>, the 256 byte tokens, a few normal pieces */
-    static char byte_names[256][8];
-    const char *pieces[N_VOCAB];
-    uint32_t lens[N_VOCAB];
-    float scores[N_VOCAB];
-    int32_t types[N_VOCAB];
-    pieces[0] = "<unk>";
-    pieces[1] = "<s>";
-    pieces[2] = "</s>";
-    types[0] = 2;
-    types[1] = types[2] = 3;
-    for (int b = 0; b < 256; b++) {
-        snprintf(byte_names[b], sizeof byte_names[b], "<0x%02X>", b);
-        pieces[3 + b] = byte_names[b];
-        types[3 + b] = 6;
-    }
-    for (int i = 0; i < N_NORMAL; i++) {
-        pieces[259 + i] = normal_pieces[i];
-        types[259 + i] = 1;
-    }
-    for (int i = 0; i < N_VOCAB; i++) {
-        lens[i] = (uint32_t)strlen(pieces[i]);
-        scores[i] = i >= 259 ? normal_scores[i - 259] : 0.0f;
-    }
-
 #define TRY(expr)                                                                                   \
     do {                                                                                            \
         if (st == LMOE_OK) st = (expr);                                                             \
@@ -121,13 +96,7 @@ static lmoe_status make_model(const tiny_opts *o, uint8_t **buf, size_t *size) {
                                 o->rms_eps != 0 || isnan(o->rms_eps) ? o->rms_eps : 1e-5f));
         TRY(gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f));
     }
-    TRY(gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"));
-    TRY(gguf_writer_set_str_array(w, "tokenizer.ggml.tokens", pieces, lens, N_VOCAB));
-    TRY(gguf_writer_set_array(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, N_VOCAB));
-    TRY(gguf_writer_set_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, N_VOCAB));
-    TRY(gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1));
-    TRY(gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2));
-    TRY(gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0));
+    TRY(test_write_tiny_vocab(w, normal_pieces, normal_scores, N_NORMAL));
 
     /* The last tensor ends the file: every size is a multiple of 32 bytes, so no padding follows
      * it and a file cut anywhere loses tensor bytes. */

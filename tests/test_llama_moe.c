@@ -861,29 +861,6 @@ static lmoe_status s_write(const moe_opts *o, const char *path) {
     gguf_writer *w = NULL;
     lmoe_status st = gguf_writer_create(&w);
     if (st != LMOE_OK) return st;
-    static char byte_names[256][8];
-    const char *pieces[S_VOCAB];
-    uint32_t lens[S_VOCAB];
-    float scores[S_VOCAB];
-    int32_t types[S_VOCAB];
-    pieces[0] = "<unk>";
-    pieces[1] = "<s>";
-    pieces[2] = "</s>";
-    types[0] = 2;
-    types[1] = types[2] = 3;
-    for (int b = 0; b < 256; b++) {
-        fmt(byte_names[b], sizeof byte_names[b], "<0x%02X>", b);
-        pieces[3 + b] = byte_names[b];
-        types[3 + b] = 6;
-    }
-    for (int i = 0; i < S_NORMAL; i++) {
-        pieces[259 + i] = s_normal_pieces[i];
-        types[259 + i] = 1;
-    }
-    for (int i = 0; i < S_VOCAB; i++) {
-        lens[i] = (uint32_t)strlen(pieces[i]);
-        scores[i] = i >= 259 ? s_normal_scores[i - 259] : 0.0f;
-    }
     const char *a = o->arch;
     char key[128];
 #define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", a, suffix), key)
@@ -904,13 +881,7 @@ static lmoe_status s_write(const moe_opts *o, const char *path) {
     if (o->gate_type) TRY(gguf_writer_set_str(w, KEY("expert_gate_type"), o->gate_type));
     if (o->score_scale != 0) TRY(gguf_writer_set_f32(w, KEY("expert_score_scale"), o->score_scale));
 #undef KEY
-    TRY(gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"));
-    TRY(gguf_writer_set_str_array(w, "tokenizer.ggml.tokens", pieces, lens, S_VOCAB));
-    TRY(gguf_writer_set_array(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, S_VOCAB));
-    TRY(gguf_writer_set_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, S_VOCAB));
-    TRY(gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1));
-    TRY(gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2));
-    TRY(gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0));
+    TRY(test_write_tiny_vocab(w, s_normal_pieces, s_normal_scores, S_NORMAL));
 
     uint64_t ne[3];
 #define T2(name, data, n0, n1) (ne[0] = (n0), ne[1] = (n1), gguf_writer_add_tensor(w, name, GGML_TYPE_F32, 2, ne, data))

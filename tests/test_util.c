@@ -70,10 +70,12 @@ int test_write_file(const char *path, const void *data, size_t size) {
     return (written == size && rc == 0) ? 0 : -1;
 }
 
-int test_run(char *const argv[], char **out, size_t *out_len) {
+/* Runs argv, its stdout (and stderr too when merge_stderr) into a pipe read to the end. */
+static int run_capture(char *const argv[], int merge_stderr, char **out, size_t *out_len) {
     int fds[2];
     if (pipe(fds) != 0) return -1;
     fflush(stdout);
+    fflush(stderr);
     pid_t pid = fork();
     if (pid < 0) {
         close(fds[0]);
@@ -82,6 +84,7 @@ int test_run(char *const argv[], char **out, size_t *out_len) {
     }
     if (pid == 0) {
         dup2(fds[1], STDOUT_FILENO);
+        if (merge_stderr) dup2(fds[1], STDERR_FILENO);
         close(fds[0]);
         close(fds[1]);
         execv(argv[0], argv);
@@ -113,49 +116,12 @@ int test_run(char *const argv[], char **out, size_t *out_len) {
     return WEXITSTATUS(status);
 }
 
+int test_run(char *const argv[], char **out, size_t *out_len) {
+    return run_capture(argv, 0, out, out_len);
+}
+
 int test_run_merged(char *const argv[], char **out, size_t *out_len) {
-    int fds[2];
-    if (pipe(fds) != 0) return -1;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return -1;
-    }
-    if (pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        dup2(fds[1], STDERR_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap + 1);
-    for (;;) {
-        if (buf && len == cap) {
-            char *p = realloc(buf, cap * 2 + 1);
-            if (!p) { free(buf); buf = NULL; }
-            else { buf = p; cap *= 2; }
-        }
-        char sink[4096];
-        ssize_t n = buf ? read(fds[0], buf + len, cap - len) : read(fds[0], sink, sizeof sink);
-        if (n <= 0) break;
-        if (buf) len += (size_t)n;
-    }
-    close(fds[0]);
-    int status;
-    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || !buf) {
-        free(buf);
-        return -1;
-    }
-    buf[len] = 0;
-    *out = buf;
-    *out_len = len;
-    return WEXITSTATUS(status);
+    return run_capture(argv, 1, out, out_len);
 }
 
 const char *test_stories_gguf(const char *name) {
@@ -242,4 +208,44 @@ int test_copy_file(const char *from, const char *to) {
     int rc = test_write_file(to, data, size);
     free(data);
     return rc;
+}
+
+lmoe_status test_write_tiny_vocab(gguf_writer *w, const char *const *normal_pieces,
+                                  const float *normal_scores, int n_normal) {
+    enum { N_FIXED = 3 + 256, N_MAX = N_FIXED + 256 };
+    if (n_normal < 0 || n_normal > N_MAX - N_FIXED) return LMOE_ERR_INVALID_ARGUMENT;
+    int n = N_FIXED + n_normal;
+    char byte_names[256][8];
+    const char *pieces[N_MAX];
+    uint32_t lens[N_MAX];
+    float scores[N_MAX];
+    int32_t types[N_MAX];
+    pieces[0] = "<unk>";
+    pieces[1] = "<s>";
+    pieces[2] = "</s>";
+    types[0] = 2; /* unknown */
+    types[1] = types[2] = 3; /* control */
+    for (int b = 0; b < 256; b++) {
+        snprintf(byte_names[b], sizeof byte_names[b], "<0x%02X>", b);
+        pieces[3 + b] = byte_names[b];
+        types[3 + b] = 6; /* byte */
+    }
+    for (int i = 0; i < n_normal; i++) {
+        pieces[N_FIXED + i] = normal_pieces[i];
+        types[N_FIXED + i] = 1; /* normal */
+    }
+    for (int i = 0; i < n; i++) {
+        lens[i] = (uint32_t)strlen(pieces[i]);
+        scores[i] = i >= N_FIXED ? normal_scores[i - N_FIXED] : 0.0f;
+    }
+    lmoe_status st = gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+    if (st == LMOE_OK) st = gguf_writer_set_str_array(w, "tokenizer.ggml.tokens", pieces, lens, (uint64_t)n);
+    if (st == LMOE_OK)
+        st = gguf_writer_set_array(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, (uint64_t)n);
+    if (st == LMOE_OK)
+        st = gguf_writer_set_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, (uint64_t)n);
+    if (st == LMOE_OK) st = gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
+    if (st == LMOE_OK) st = gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2);
+    if (st == LMOE_OK) st = gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+    return st;
 }

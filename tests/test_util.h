@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "gguf.h"
+
 extern int test_failures;
 extern int test_checks;
 
@@ -82,5 +84,11 @@ int test_write_safetensors(const char *path, const test_st_tensor *tensors, size
 
 /* Copies a file (all of it); returns 0 on success. */
 int test_copy_file(const char *from, const char *to);
+
+/* Writes the tokenizer.ggml.* keys of a tiny SentencePiece vocabulary: <unk> (0), <s> (1),
+ * </s> (2), the 256 byte tokens <0x00>..<0xFF> (3..258), then the n_normal given pieces (ids 259..)
+ * with their scores. Returns the first failing writer status. */
+lmoe_status test_write_tiny_vocab(gguf_writer *w, const char *const *normal_pieces,
+                                  const float *normal_scores, int n_normal);
 
 #endif
