@@ -10,6 +10,7 @@
 #include "llamamoe.h"
 #include "log.h"
 #include "model.h"
+#include "quant.h"
 #include "threadpool.h"
 
 /* Tokens evaluated together: each weight row is read once per batch rather than once per token,
@@ -28,6 +29,8 @@ typedef struct forward_state {
     float *hb2;          /* (B, n_ff) FFN up activations */
     float *att;          /* (n_head, n_ctx) attention scores of one token */
     float *logits;       /* (n_vocab) of the batch's last token */
+    block_q8_0 *x_q8;    /* (B, max(n_embd, n_ff) / 32) activations quantised for Q8_0 / Q4_0
+                            weights */
     float *key_cache;    /* (n_layer, n_ctx, n_embd_kv), RoPE applied */
     float *value_cache;  /* (n_layer, n_ctx, n_embd_kv) */
     /* MoE only (NULL for dense models) */

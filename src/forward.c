@@ -43,6 +43,9 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32
     s->hb2 = alloc_rows(hp->n_ff, &ok);
     s->att = calloc((size_t)hp->n_head * n_ctx, sizeof(float));
     s->logits = calloc(hp->n_vocab, sizeof(float));
+    size_t max_cols = hp->n_embd > hp->n_ff ? hp->n_embd : hp->n_ff;
+    s->x_q8 = calloc((size_t)FORWARD_MAX_BATCH * (max_cols / LMOE_QK + 1), sizeof(block_q8_0));
+    ok = ok && s->x_q8;
     s->key_cache = calloc(kv_elems, sizeof(float));
     s->value_cache = calloc(kv_elems, sizeof(float));
     ok = ok && s->att && s->logits && s->key_cache && s->value_cache;
@@ -75,6 +78,7 @@ void forward_state_free(forward_state *s) {
     free(s->hb2);
     free(s->att);
     free(s->logits);
+    free(s->x_q8);
     free(s->key_cache);
     free(s->value_cache);
     free(s->gate_logits);
@@ -95,7 +99,8 @@ void forward_state_free(forward_state *s) {
 typedef struct matmul_job {
     const lmoe_kernels *k;
     weight_ref w;
-    const float *x;
+    const float *x;          /* (n_tokens, n_cols; stride ldx) activations */
+    const block_q8_0 *x_q8;  /* (n_tokens, n_cols / 32) the same, quantised, for Q8_0/Q4_0 weights */
     size_t ldx;
     float *y;
     size_t ldy;
@@ -111,8 +116,11 @@ static void matmul_rows(void *arg, size_t begin, size_t end, int thread_id) {
         size_t r1 = r0 + ROWS_PER_BLOCK < end ? r0 + ROWS_PER_BLOCK : end;
         for (size_t t = 0; t < job->n_tokens; t++) {
             const float *x = job->x + t * job->ldx;
+            const block_q8_0 *xq = job->x_q8 + t * (job->n_cols / LMOE_QK);
             float *y = job->y + t * job->ldy;
             switch (job->w.type) {
+            case GGML_TYPE_Q8_0: job->k->matvec_q8_0(job->w.data, xq, y, job->n_cols, r0, r1); break;
+            case GGML_TYPE_Q4_0: job->k->matvec_q4_0(job->w.data, xq, y, job->n_cols, r0, r1); break;
             case GGML_TYPE_F16: job->k->matvec_f16(job->w.data, x, y, job->n_cols, r0, r1); break;
             case GGML_TYPE_BF16: job->k->matvec_bf16(job->w.data, x, y, job->n_cols, r0, r1); break;
             default: /* model.c binds only f32, f16 and bf16 matrices */
@@ -124,14 +132,20 @@ static void matmul_rows(void *arg, size_t begin, size_t end, int thread_id) {
 }
 
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
-    size_t elem = ggml_type_block_bytes(w.type);
-    w.data = (const char *)w.data + first_row * n_cols * elem;
+    size_t row_bytes = n_cols / ggml_type_block_elems(w.type) * ggml_type_block_bytes(w.type);
+    w.data = (const char *)w.data + first_row * row_bytes;
     return w;
 }
 
 void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
                     size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols) {
-    matmul_job job = {ctx->kernels, w, x, ldx, y, ldy, n_tokens, n_cols};
+    matmul_job job = {ctx->kernels, w, x, ctx->state.x_q8, ldx, y, ldy, n_tokens, n_cols};
+    if (w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0) {
+        /* quantise each token's activations once for all rows of this product */
+        for (size_t t = 0; t < n_tokens; t++)
+            ctx->kernels->quantize_q8_0(x + t * ldx, ctx->state.x_q8 + t * (n_cols / LMOE_QK),
+                                        n_cols);
+    }
     if (n_rows * n_cols * n_tokens < PARALLEL_MIN_MACS) {
         matmul_rows(&job, 0, n_rows, 0);
         return;
@@ -198,7 +212,11 @@ static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos, const flo
 /* Row `row` of the embedding matrix (n_embd wide) as f32. */
 static void embedding_row(weight_ref table, size_t row, size_t n_embd, float *out) {
     weight_ref r = weight_rows(table, row, n_embd);
-    if (r.type == GGML_TYPE_F16)
+    if (r.type == GGML_TYPE_Q8_0)
+        lmoe_dequantize_row_q8_0(r.data, out, n_embd);
+    else if (r.type == GGML_TYPE_Q4_0)
+        lmoe_dequantize_row_q4_0(r.data, out, n_embd);
+    else if (r.type == GGML_TYPE_F16)
         lmoe_f16_row_to_f32(r.data, out, n_embd);
     else if (r.type == GGML_TYPE_BF16)
         lmoe_bf16_row_to_f32(r.data, out, n_embd);

@@ -140,8 +140,10 @@ static lmoe_status read_hparams(const gguf_file *f, const char *arch, llama_hpar
     return LMOE_OK;
 }
 
-/* Weight matrices may be f32, f16 or bf16; norms are f32. */
-#define TYPES_MATRIX ((1u << GGML_TYPE_F32) | (1u << GGML_TYPE_F16) | (1u << GGML_TYPE_BF16))
+/* Weight matrices may be f32, f16, bf16, q8_0 or q4_0; the small gate matrices float types only
+ * (the quantiser keeps them f32); norms are f32. */
+#define TYPES_FLOAT ((1u << GGML_TYPE_F32) | (1u << GGML_TYPE_F16) | (1u << GGML_TYPE_BF16))
+#define TYPES_MATRIX (TYPES_FLOAT | (1u << GGML_TYPE_Q8_0) | (1u << GGML_TYPE_Q4_0))
 #define TYPES_F32 (1u << GGML_TYPE_F32)
 
 /* Finds a tensor, checks its type and shape (ne[0] = cols = row length, ne[1] = rows, ne[2] =
@@ -152,7 +154,10 @@ static lmoe_status bind_tensor(lmoe_model *m, const char *name, uint64_t cols, u
     RETURN_ERROR_IF(!t, LMOE_ERR_BAD_FILE, "GGUF: tensor '%s' is missing", name);
     RETURN_ERROR_IF((unsigned)t->type >= 32 || !(types & (1u << t->type)), LMOE_ERR_UNSUPPORTED,
                     "GGUF: tensor '%s' has type %s; supported here: %s", name,
-                    ggml_type_name(t->type), types == TYPES_F32 ? "f32" : "f32, f16, bf16");
+                    ggml_type_name(t->type),
+                    types == TYPES_F32     ? "f32"
+                    : types == TYPES_FLOAT ? "f32, f16, bf16"
+                                           : "f32, f16, bf16, q8_0, q4_0");
     uint32_t want_dims = experts ? 3 : rows ? 2 : 1;
     bool ok = t->n_dims == want_dims && t->ne[0] == cols && (rows == 0 || t->ne[1] == rows) &&
               (experts == 0 || t->ne[2] == experts);
@@ -162,7 +167,8 @@ static lmoe_status bind_tensor(lmoe_model *m, const char *name, uint64_t cols, u
                     (unsigned long long)t->ne[1], (unsigned long long)t->ne[2], t->n_dims,
                     (unsigned long long)cols, (unsigned long long)(rows ? rows : 1),
                     (unsigned long long)(experts ? experts : 1), want_dims);
-    RETURN_ERROR_IF((uintptr_t)t->data % ggml_type_block_bytes(t->type) != 0, LMOE_ERR_BAD_FILE,
+    size_t alignment = t->type == GGML_TYPE_F32 ? 4 : 2; /* f32, or 16-bit values and scales */
+    RETURN_ERROR_IF((uintptr_t)t->data % alignment != 0, LMOE_ERR_BAD_FILE,
                     "GGUF: tensor '%s' data is not aligned to its element size", name);
     out->data = t->data;
     out->type = t->type;
@@ -193,9 +199,9 @@ static lmoe_status bind_layer(lmoe_model *m, uint32_t il, layer_weights *l) {
         return LMOE_OK;
     }
     uint32_t e = hp->n_expert;
-    FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_inp"), hp->n_embd, e, 0, TYPES_MATRIX, &l->gate_inp));
+    FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_inp"), hp->n_embd, e, 0, TYPES_FLOAT, &l->gate_inp));
     if (hp->gate_kind == MOE_GATE_MLP)
-        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_inp_2"), e, e, 0, TYPES_MATRIX, &l->gate_inp_2));
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_inp_2"), e, e, 0, TYPES_FLOAT, &l->gate_inp_2));
     FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_exps"), hp->n_embd, hp->n_ff, e, TYPES_MATRIX, &l->gate_exps));
     FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_up_exps"), hp->n_embd, hp->n_ff, e, TYPES_MATRIX, &l->up_exps));
     FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_down_exps"), hp->n_ff, hp->n_embd, e, TYPES_MATRIX, &l->down_exps));

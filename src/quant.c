@@ -1,6 +1,8 @@
 /* quant.c - f32 <-> f16 / bf16 reference conversions (see quant.h). */
 #include "quant.h"
 
+#include <math.h>
+
 uint16_t lmoe_f32_to_bf16(float f) {
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
@@ -63,4 +65,53 @@ void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n) {
 
 void lmoe_f16_row_to_f32(const uint16_t *src, float *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = lmoe_f16_to_f32(src[i]);
+}
+
+void lmoe_quantize_row_q8_0(const float *x, block_q8_0 *out, size_t n) {
+    for (size_t b = 0; b < n / LMOE_QK; b++, x += LMOE_QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < LMOE_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = lmoe_f32_to_f16(d);
+        for (int j = 0; j < LMOE_QK; j++) out[b].qs[j] = (int8_t)roundf(x[j] * id);
+    }
+}
+
+void lmoe_quantize_row_q4_0(const float *x, block_q4_0 *out, size_t n) {
+    for (size_t b = 0; b < n / LMOE_QK; b++, x += LMOE_QK) {
+        float amax = 0.0f, max = 0.0f; /* max: the value of largest magnitude, with its sign */
+        for (int j = 0; j < LMOE_QK; j++) {
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        }
+        float d = max / -8.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = lmoe_f32_to_f16(d);
+        for (int j = 0; j < LMOE_QK / 2; j++) {
+            int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + LMOE_QK / 2] * id + 8.5f);
+            lo = lo > 15 ? 15 : lo;
+            hi = hi > 15 ? 15 : hi;
+            out[b].qs[j] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}
+
+void lmoe_dequantize_row_q8_0(const block_q8_0 *in, float *y, size_t n) {
+    for (size_t b = 0; b < n / LMOE_QK; b++) {
+        float d = lmoe_f16_to_f32(in[b].d);
+        for (int j = 0; j < LMOE_QK; j++) y[b * LMOE_QK + j] = (float)in[b].qs[j] * d;
+    }
+}
+
+void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n) {
+    for (size_t b = 0; b < n / LMOE_QK; b++) {
+        float d = lmoe_f16_to_f32(in[b].d);
+        for (int j = 0; j < LMOE_QK / 2; j++) {
+            y[b * LMOE_QK + j] = (float)((in[b].qs[j] & 0x0f) - 8) * d;
+            y[b * LMOE_QK + j + LMOE_QK / 2] = (float)((in[b].qs[j] >> 4) - 8) * d;
+        }
+    }
 }

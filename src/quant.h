@@ -22,6 +22,28 @@ float lmoe_f16_to_f32(uint16_t h);
 /* Round to nearest even, overflow to infinity, NaN stays NaN. */
 uint16_t lmoe_f32_to_f16(float f);
 
+/* Block formats, bit-compatible with ggml's: 32 elements per block, an IEEE half scale d first.
+ * Q8_0: value = q * d, q int8. Q4_0: byte j holds element j in its low nibble and element j + 16
+ * in its high nibble, value = (q - 8) * d. */
+#define LMOE_QK 32
+
+typedef struct block_q8_0 {
+    uint16_t d;             /* f16 scale */
+    int8_t qs[LMOE_QK];
+} block_q8_0;
+
+typedef struct block_q4_0 {
+    uint16_t d;             /* f16 scale */
+    uint8_t qs[LMOE_QK / 2];
+} block_q4_0;
+
+/* n (a multiple of 32) f32 values to blocks, the reference rounding: Q8_0 d = max|x| / 127,
+ * q = round(x / d); Q4_0 d = (the value of largest magnitude) / -8, q = min(15, (int)(x / d + 8.5)). */
+void lmoe_quantize_row_q8_0(const float *x, block_q8_0 *out, size_t n);
+void lmoe_quantize_row_q4_0(const float *x, block_q4_0 *out, size_t n);
+void lmoe_dequantize_row_q8_0(const block_q8_0 *in, float *y, size_t n);
+void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n);
+
 /* Widen n elements of a weight row of the given 16-bit type to f32. */
 void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n);
 void lmoe_f16_row_to_f32(const uint16_t *src, float *dst, size_t n);

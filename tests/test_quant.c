@@ -2,7 +2,9 @@
  *   - every one of the 65536 half and bfloat16 bit patterns widens to the value the format
  *     defines, and narrowing it back gives the same bits (NaN stays NaN);
  *   - narrowing rounds to nearest even, overflows to infinity, and keeps subnormals;
- *   - matvec_f16 / matvec_bf16 equal matvec_f32 on the widened weights, bit for bit. */
+ *   - matvec_f16 / matvec_bf16 equal matvec_f32 on the widened weights, bit for bit;
+ *   - Q8_0 / Q4_0 blocks have ggml's layout and rounding, and the quantised products equal an
+ *     independent double-precision evaluation of the same blocks. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -113,10 +115,84 @@ static void test_kernels_16bit(void) {
     }
 }
 
+/* Q8_0 and Q4_0 layout and rounding on hand-checked values. */
+static void test_block_formats(void) {
+    CHECK(sizeof(block_q8_0) == 34 && sizeof(block_q4_0) == 18);
+    float x[32];
+    for (int j = 0; j < 32; j++) x[j] = (float)(j - 16) / 4.0f; /* -4 .. 3.75 */
+    block_q8_0 q8;
+    lmoe_quantize_row_q8_0(x, &q8, 32);
+    CHECK(lmoe_f16_to_f32(q8.d) == lmoe_f16_to_f32(lmoe_f32_to_f16(4.0f / 127.0f)));
+    CHECK(q8.qs[0] == -127 && q8.qs[16] == 0 && q8.qs[31] == (int8_t)roundf(3.75f * 127.0f / 4.0f));
+    float back[32];
+    lmoe_dequantize_row_q8_0(&q8, back, 32);
+    float d8 = lmoe_f16_to_f32(q8.d);
+    int far = 0;
+    for (int j = 0; j < 32; j++) far += fabsf(back[j] - x[j]) > d8 * 0.5f + 1e-6f;
+    CHECK_MSG(far == 0, "%d Q8_0 values off by more than half a step", far);
+
+    block_q4_0 q4;
+    lmoe_quantize_row_q4_0(x, &q4, 32);
+    /* the largest magnitude is -4 (element 0): d = -4 / -8 = 0.5, so element j maps to q = x/0.5 + 8 */
+    CHECK(lmoe_f16_to_f32(q4.d) == 0.5f);
+    CHECK((q4.qs[0] & 0x0f) == 0);            /* element 0: -4 -> 0 */
+    CHECK((q4.qs[0] >> 4) == 8);              /* element 16: 0 -> 8 (high nibble of byte 0) */
+    CHECK((q4.qs[15] >> 4) == 15);            /* element 31: 3.75 -> 15.5 -> clamped to 15 */
+    lmoe_dequantize_row_q4_0(&q4, back, 32);
+    CHECK(back[0] == -4.0f && back[16] == 0.0f && back[31] == 3.5f);
+    /* an all-zero block has d = 0 and dequantises to zeros */
+    float zeros[32] = {0};
+    lmoe_quantize_row_q4_0(zeros, &q4, 32);
+    lmoe_dequantize_row_q4_0(&q4, back, 32);
+    CHECK(lmoe_f16_to_f32(q4.d) == 0.0f && back[5] == 0.0f); /* d may be -0 */
+}
+
+/* The quantised products against a double-precision evaluation of the same blocks. */
+static void test_kernels_quantised(void) {
+    const lmoe_kernels *k = lmoe_kernels_generic();
+    enum { ROWS = 5, COLS = 96 };
+    float w[ROWS * COLS], x[COLS];
+    for (int i = 0; i < ROWS * COLS; i++) w[i] = random_weight();
+    for (int j = 0; j < COLS; j++) x[j] = random_weight() * 3.0f;
+    block_q8_0 wq8[ROWS * COLS / 32], xq[COLS / 32];
+    block_q4_0 wq4[ROWS * COLS / 32];
+    for (int r = 0; r < ROWS; r++) {
+        lmoe_quantize_row_q8_0(w + r * COLS, wq8 + r * (COLS / 32), COLS);
+        lmoe_quantize_row_q4_0(w + r * COLS, wq4 + r * (COLS / 32), COLS);
+    }
+    k->quantize_q8_0(x, xq, COLS);
+    float xd[COLS];
+    lmoe_dequantize_row_q8_0(xq, xd, COLS);
+    float y8[ROWS], y4[ROWS];
+    k->matvec_q8_0(wq8, xq, y8, COLS, 0, ROWS);
+    k->matvec_q4_0(wq4, xq, y4, COLS, 0, ROWS);
+    double worst8 = 0, worst4 = 0, worst_vs_f32 = 0;
+    for (int r = 0; r < ROWS; r++) {
+        float wd8[COLS], wd4[COLS];
+        lmoe_dequantize_row_q8_0(wq8 + r * (COLS / 32), wd8, COLS);
+        lmoe_dequantize_row_q4_0(wq4 + r * (COLS / 32), wd4, COLS);
+        double ref8 = 0, ref4 = 0, exact = 0, scale = 0;
+        for (int j = 0; j < COLS; j++) {
+            ref8 += (double)wd8[j] * xd[j];
+            ref4 += (double)wd4[j] * xd[j];
+            exact += (double)w[r * COLS + j] * x[j];
+            scale += fabs((double)w[r * COLS + j] * x[j]);
+        }
+        worst8 = fmax(worst8, fabs(y8[r] - ref8) / scale);
+        worst4 = fmax(worst4, fabs(y4[r] - ref4) / scale);
+        worst_vs_f32 = fmax(worst_vs_f32, fabs(y8[r] - exact) / scale);
+    }
+    CHECK_MSG(worst8 < 1e-6 && worst4 < 1e-6, "quantised products off: %g %g", worst8, worst4);
+    /* and Q8_0 x Q8_0 stays close to the f32 product it approximates */
+    CHECK_MSG(worst_vs_f32 < 0.02, "q8_0 product is %g (relative) from f32", worst_vs_f32);
+}
+
 int main(void) {
     test_all_halves();
     test_all_bfloat16s();
     test_rounding();
     test_kernels_16bit();
+    test_block_formats();
+    test_kernels_quantised();
     return test_finish("test_quant");
 }

@@ -46,6 +46,46 @@ static void generic_matvec_bf16(const uint16_t *w, const float *x, float *y, siz
     }
 }
 
+/* Quantised rows: per block, an exact integer dot product scaled by both block scales. */
+static void generic_matvec_q8_0(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                size_t row_begin, size_t row_end) {
+    size_t n_blocks = n_cols / LMOE_QK;
+    const block_q8_0 *x = x_q8;
+    for (size_t r = row_begin; r < row_end; r++) {
+        const block_q8_0 *row = (const block_q8_0 *)w + r * n_blocks;
+        float sum = 0.0f;
+        for (size_t b = 0; b < n_blocks; b++) {
+            int32_t dot = 0;
+            for (int j = 0; j < LMOE_QK; j++) dot += (int32_t)row[b].qs[j] * x[b].qs[j];
+            sum += (float)dot * (lmoe_f16_to_f32(row[b].d) * lmoe_f16_to_f32(x[b].d));
+        }
+        y[r] = sum;
+    }
+}
+
+static void generic_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                size_t row_begin, size_t row_end) {
+    size_t n_blocks = n_cols / LMOE_QK;
+    const block_q8_0 *x = x_q8;
+    for (size_t r = row_begin; r < row_end; r++) {
+        const block_q4_0 *row = (const block_q4_0 *)w + r * n_blocks;
+        float sum = 0.0f;
+        for (size_t b = 0; b < n_blocks; b++) {
+            int32_t dot = 0;
+            for (int j = 0; j < LMOE_QK / 2; j++) {
+                dot += ((row[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
+                dot += ((row[b].qs[j] >> 4) - 8) * x[b].qs[j + LMOE_QK / 2];
+            }
+            sum += (float)dot * (lmoe_f16_to_f32(row[b].d) * lmoe_f16_to_f32(x[b].d));
+        }
+        y[r] = sum;
+    }
+}
+
+static void generic_quantize_q8_0(const float *x, void *x_q8, size_t n) {
+    lmoe_quantize_row_q8_0(x, x_q8, n);
+}
+
 /* a (n,) . b (n,), accumulated left to right. */
 static float generic_dot_f32(const float *a, const float *b, size_t n) {
     float sum = 0.0f;
@@ -103,6 +143,9 @@ static const lmoe_kernels generic_table = {
     .softmax = generic_softmax,
     .swiglu = generic_swiglu,
     .axpy = generic_axpy,
+    .matvec_q8_0 = generic_matvec_q8_0,
+    .matvec_q4_0 = generic_matvec_q4_0,
+    .quantize_q8_0 = generic_quantize_q8_0,
 };
 
 const lmoe_kernels *lmoe_kernels_generic(void) { return &generic_table; }

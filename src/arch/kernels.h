@@ -2,8 +2,9 @@
  *
  * generic.c is the portable scalar oracle: every other implementation is tested against it on
  * random data with ragged sizes. dispatch.c reads the CPU features once and picks the table; the
- * environment variable LLAMAMOE_KERNELS=generic forces the portable one. Only src/arch/ files use
- * intrinsics or ISA compiler flags. All vectors are f32 and need no particular alignment. */
+ * environment variable LLAMAMOE_KERNELS=generic|avx2|avx512 forces one (generic if this CPU
+ * cannot run the named table). Only src/arch/ files use intrinsics or ISA compiler flags. All
+ * vectors are f32 and need no particular alignment. */
 #ifndef LMOE_KERNELS_H
 #define LMOE_KERNELS_H
 
@@ -39,11 +40,38 @@ typedef struct lmoe_kernels {
 
     /* y (n,) += a * x (n,). */
     void (*axpy)(float *y, float a, const float *x, size_t n);
+
+    /* Quantised weights (ggml block layouts, see quant.h): W (n_rows, n_cols) in Q8_0 or Q4_0
+     * blocks @ x given as n_cols / 32 Q8_0 blocks -> y[r] for r in [row_begin, row_end). Each
+     * block contributes d_w * d_x * (integer dot of its 32 quants). n_cols is a multiple of 32. */
+    void (*matvec_q8_0)(const void *w, const void *x_q8, float *y, size_t n_cols,
+                        size_t row_begin, size_t row_end);
+    void (*matvec_q4_0)(const void *w, const void *x_q8, float *y, size_t n_cols,
+                        size_t row_begin, size_t row_end);
+    /* x (n,) -> n / 32 Q8_0 blocks, the activations' side of the quantised products. */
+    void (*quantize_q8_0)(const float *x, void *x_q8, size_t n);
 } lmoe_kernels;
 
 /* The portable scalar table. */
 const lmoe_kernels *lmoe_kernels_generic(void);
 /* The best table for this CPU (chosen once, thread-safe), honouring LLAMAMOE_KERNELS. */
 const lmoe_kernels *lmoe_kernels_select(void);
+
+/* The table called name ("generic", "avx2", "avx512") if it is compiled into this build and
+ * this CPU can run it, NULL otherwise (unknown name, table not built for this target, or a CPU /
+ * OS without the instructions). Ignores LLAMAMOE_KERNELS: for tests and benchmarks that run
+ * every table. Thread-safe. */
+const lmoe_kernels *lmoe_kernels_by_name(const char *name);
+
+/* Names of the tables compiled into this build, best first, ending with "generic" and then a
+ * NULL pointer; whether this CPU can run each one is lmoe_kernels_by_name's answer. */
+const char *const *lmoe_kernels_compiled(void);
+
+/* The x86-64 tables (x86_avx2.c, x86_avx512.c). They are defined only when CMake builds those
+ * files for an x86-64 target (it then defines LMOE_HAVE_X86_AVX2 / LMOE_HAVE_X86_AVX512 for
+ * dispatch.c), and may be called only after dispatch.c has checked the CPU: reach them through
+ * lmoe_kernels_select or lmoe_kernels_by_name. */
+const lmoe_kernels *lmoe_kernels_avx2(void);
+const lmoe_kernels *lmoe_kernels_avx512(void);
 
 #endif
