@@ -759,6 +759,33 @@ lmoe_status gguf_writer_add_tensor_fill(gguf_writer *w, const char *name, ggml_t
     return LMOE_OK;
 }
 
+/* The serialised size of n values of a type starting at p (validated at open). */
+static size_t values_size(gguf_type type, const uint8_t *p, uint64_t n) {
+    if (type != GGUF_TYPE_STRING) return (size_t)n * gguf_type_sizes[type];
+    size_t size = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t len;
+        memcpy(&len, p + size, 8);
+        size += 8 + (size_t)len;
+    }
+    return size;
+}
+
+lmoe_status gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv) {
+    RETURN_ERROR_IF(kv->key.len > GGUF_MAX_KEY_LEN, LMOE_ERR_INVALID_ARGUMENT,
+                    "GGUF writer: key too long");
+    char key[GGUF_MAX_KEY_LEN + 1];
+    memcpy(key, kv->key.ptr, (size_t)kv->key.len);
+    key[kv->key.len] = 0;
+    /* arrays: the element type and count precede the first element */
+    const uint8_t *start = kv->type == GGUF_TYPE_ARRAY ? kv->data - 12 : kv->data;
+    size_t size = (size_t)(kv->data - start) + values_size(kv->elem_type, kv->data, kv->n_elems);
+    uint8_t *value = malloc(size ? size : 1);
+    RETURN_ERROR_IF(!value, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
+    memcpy(value, start, size);
+    return add_kv(w, key, kv->type, value, size);
+}
+
 lmoe_status gguf_writer_add_tensor(gguf_writer *w, const char *name, ggml_type type,
                                    uint32_t n_dims, const uint64_t *ne, const void *data) {
     RETURN_ERROR_IF(n_dims == 0 || n_dims > GGUF_MAX_DIMS, LMOE_ERR_INVALID_ARGUMENT,

@@ -139,6 +139,8 @@ lmoe_status gguf_writer_set_array(gguf_writer *w, const char *key, gguf_type ele
 /* A string array from n (pointer, length) pairs. */
 lmoe_status gguf_writer_set_str_array(gguf_writer *w, const char *key, const char *const *strs,
                                       const uint32_t *lens, uint64_t n);
+/* Copies a key and its value as read from another file. */
+lmoe_status gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv);
 lmoe_status gguf_writer_add_tensor(gguf_writer *w, const char *name, ggml_type type,
                                    uint32_t n_dims, const uint64_t *ne, const void *data);
 /* A tensor whose bytes are produced at write time (conversions of large checkpoints never hold

@@ -12,6 +12,7 @@
 #include "file_map.h"
 #include "gguf.h"
 #include "hf.h"
+#include "quantize.h"
 #include "llama2c.h"
 #include "tokenizer_import.h"
 #include "vocab.h"
@@ -28,6 +29,9 @@ static void usage(FILE *out) {
             "      (llama) or Mixtral-style (mixtral) model; --type sets the weight matrices' type\n"
             "      (default: the checkpoint's), --chat the recorded chat format (default: vicuna\n"
             "      for models whose name contains 'sft')\n"
+            "  llamamoe-convert quantize IN.gguf -o OUT.gguf --type q8_0|q4_0|bf16|f16\n"
+            "      rewrite the weight matrices (norms and MoE gates stay f32; FFN widths that are\n"
+            "      not a multiple of 32 are padded with zero neurons, which is exact)\n"
             "  llamamoe-convert info FILE.gguf\n"
             "      print a GGUF file's metadata keys and tensors\n");
 }
@@ -163,15 +167,39 @@ static void progress_to_stderr(void *user, const char *line) {
     fprintf(stderr, "%s\n", line);
 }
 
+/* --type NAME -> ggml type; returns 0 if NAME is not one of the allowed ones. */
+static int parse_type(const char *name, int allow_blocks, ggml_type *out) {
+    static const struct { const char *name; ggml_type type; int block; } types[] = {
+        {"f32", GGML_TYPE_F32, 0},   {"f16", GGML_TYPE_F16, 0},   {"bf16", GGML_TYPE_BF16, 0},
+        {"q8_0", GGML_TYPE_Q8_0, 1}, {"q4_0", GGML_TYPE_Q4_0, 1},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(name, types[i].name) == 0 && (allow_blocks || !types[i].block)) {
+            *out = types[i].type;
+            return 1;
+        }
+    return 0;
+}
+
+static int cmd_quantize(const char *in_path, const char *out_path, const char *type) {
+    quantize_options o = {.progress = progress_to_stderr};
+    if (!type || !parse_type(type, 1, &o.type) || o.type == GGML_TYPE_F32) {
+        fprintf(stderr, "llamamoe-convert quantize: --type must be q8_0, q4_0, bf16 or f16\n");
+        return 2;
+    }
+    lmoe_status st = gguf_quantize(in_path, out_path, &o);
+    if (st != LMOE_OK) return fail(st);
+    fprintf(stderr, "wrote %s\n", out_path);
+    return 0;
+}
+
 static int cmd_hf(const char *dir, const char *out_path, const char *type, const char *chat) {
     hf_options o = {.progress = progress_to_stderr};
     if (type) {
         o.type_set = true;
-        if (strcmp(type, "f32") == 0) o.type = GGML_TYPE_F32;
-        else if (strcmp(type, "f16") == 0) o.type = GGML_TYPE_F16;
-        else if (strcmp(type, "bf16") == 0) o.type = GGML_TYPE_BF16;
-        else {
-            fprintf(stderr, "llamamoe-convert hf: --type must be f32, f16 or bf16, not '%s'\n", type);
+        if (!parse_type(type, 0, &o.type)) {
+            fprintf(stderr, "llamamoe-convert hf: --type must be f32, f16 or bf16, not '%s' "
+                    "(quantise the result with llamamoe-convert quantize)\n", type);
             return 2;
         }
     }
@@ -226,6 +254,13 @@ int main(int argc, char **argv) {
             return 2;
         }
         return cmd_hf(pos[0], out, type, chat);
+    }
+    if (strcmp(cmd, "quantize") == 0) {
+        if (n_pos != 1 || !out) {
+            fprintf(stderr, "llamamoe-convert quantize: needs IN.gguf -o OUT.gguf --type TYPE\n");
+            return 2;
+        }
+        return cmd_quantize(pos[0], out, type);
     }
     if (strcmp(cmd, "info") == 0) {
         if (n_pos != 1) {

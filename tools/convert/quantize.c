@@ -1,0 +1,202 @@
+/* quantize.c - a GGUF model's weight matrices rewritten in another type (see quantize.h). Each
+ * output tensor is produced row by row while it is written: source row -> f32 -> output type. */
+#include "quantize.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "quant.h"
+
+/* How an FFN tensor's shape changes when its width n_ff is padded. */
+typedef enum ffn_role { FFN_NONE, FFN_ROWS, FFN_COLS } ffn_role;
+
+typedef struct out_tensor {
+    const gguf_tensor *src;
+    ggml_type type;
+    uint64_t ne[GGUF_MAX_DIMS];  /* output shape (FFN widths padded) */
+    ffn_role role;
+    uint64_t n_ff;               /* the source width, for FFN tensors */
+} out_tensor;
+
+static bool ends_with(gguf_str s, const char *suffix) {
+    size_t n = strlen(suffix);
+    return s.len >= n && memcmp(s.ptr + s.len - n, suffix, n) == 0;
+}
+
+static bool contains(gguf_str s, const char *part) {
+    size_t n = strlen(part);
+    for (size_t i = 0; i + n <= s.len; i++)
+        if (memcmp(s.ptr + i, part, n) == 0) return true;
+    return false;
+}
+
+/* FFN tensors whose rows (gate, up) or columns (down) are the n_ff neurons. */
+static ffn_role role_of(gguf_str name) {
+    if (ends_with(name, ".ffn_gate.weight") || ends_with(name, ".ffn_up.weight") ||
+        ends_with(name, ".ffn_gate_exps.weight") || ends_with(name, ".ffn_up_exps.weight"))
+        return FFN_ROWS;
+    if (ends_with(name, ".ffn_down.weight") || ends_with(name, ".ffn_down_exps.weight"))
+        return FFN_COLS;
+    return FFN_NONE;
+}
+
+static bool is_block_type(ggml_type t) { return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0; }
+
+static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, uint64_t n_ff_out,
+                        out_tensor *o) {
+    o->src = t;
+    memcpy(o->ne, t->ne, sizeof o->ne);
+    o->role = role_of(t->name);
+    o->n_ff = n_ff;
+    if (o->role == FFN_ROWS && t->ne[1] == n_ff) o->ne[1] = n_ff_out;
+    else if (o->role == FFN_COLS && t->ne[0] == n_ff) o->ne[0] = n_ff_out;
+    else o->role = FFN_NONE;
+    /* norms, biases, gates: f32; everything else the target, or f16 where rows are not blocks */
+    if (t->n_dims == 1 || contains(t->name, "ffn_gate_inp"))
+        o->type = GGML_TYPE_F32;
+    else if (is_block_type(target) && o->ne[0] % LMOE_QK != 0)
+        o->type = GGML_TYPE_F16;
+    else
+        o->type = target;
+}
+
+/* Row r (over all dimensions above the first) of a source tensor as f32. */
+static void source_row(const gguf_tensor *t, uint64_t r, float *out) {
+    size_t n = (size_t)t->ne[0];
+    size_t row_bytes = n / ggml_type_block_elems(t->type) * ggml_type_block_bytes(t->type);
+    const void *p = (const char *)t->data + r * row_bytes;
+    switch (t->type) {
+    case GGML_TYPE_F32: memcpy(out, p, n * sizeof(float)); break;
+    case GGML_TYPE_F16: lmoe_f16_row_to_f32(p, out, n); break;
+    case GGML_TYPE_BF16: lmoe_bf16_row_to_f32(p, out, n); break;
+    case GGML_TYPE_Q8_0: lmoe_dequantize_row_q8_0(p, out, n); break;
+    case GGML_TYPE_Q4_0: lmoe_dequantize_row_q4_0(p, out, n); break;
+    }
+}
+
+static void write_row(ggml_type type, const float *row, void *dst, size_t n) {
+    switch (type) {
+    case GGML_TYPE_F32: memcpy(dst, row, n * sizeof(float)); break;
+    case GGML_TYPE_F16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_f16(row[i]);
+        break;
+    case GGML_TYPE_BF16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_bf16(row[i]);
+        break;
+    case GGML_TYPE_Q8_0: lmoe_quantize_row_q8_0(row, dst, n); break;
+    case GGML_TYPE_Q4_0: lmoe_quantize_row_q4_0(row, dst, n); break;
+    }
+}
+
+static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
+    const out_tensor *o = user;
+    size_t out_cols = (size_t)o->ne[0], in_cols = (size_t)o->src->ne[0];
+    size_t out_row_bytes = out_cols / ggml_type_block_elems(o->type) * ggml_type_block_bytes(o->type);
+    uint64_t rows_per_matrix = o->ne[1], matrices = o->ne[2] * o->ne[3];
+    RETURN_ERROR_IF(out_row_bytes * rows_per_matrix * matrices != n_bytes, LMOE_ERR_INTERNAL,
+                    "quantize: size mismatch");
+    float *row = calloc(out_cols > in_cols ? out_cols : in_cols, sizeof(float));
+    RETURN_ERROR_IF(!row, LMOE_ERR_OUT_OF_MEMORY, "quantize: out of memory");
+    for (uint64_t m = 0; m < matrices; m++) {
+        for (uint64_t r = 0; r < rows_per_matrix; r++) {
+            memset(row, 0, out_cols * sizeof(float));
+            /* padded neurons (rows past the source's) stay zero */
+            if (r < o->src->ne[1]) source_row(o->src, m * o->src->ne[1] + r, row);
+            write_row(o->type, row, (char *)dst + (m * rows_per_matrix + r) * out_row_bytes,
+                      out_cols);
+        }
+    }
+    free(row);
+    return LMOE_OK;
+}
+
+static void report(const quantize_options *o, const char *fmt, ...) LMOE_PRINTF(2, 3);
+static void report(const quantize_options *o, const char *fmt, ...) {
+    if (!o->progress) return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    o->progress(o->user, line);
+}
+
+static void on_written(void *user, size_t index, size_t count, const char *name, uint64_t bytes) {
+    (void)bytes;
+    if ((index + 1) % 50 == 0 || index + 1 == count)
+        report(user, "written %zu/%zu tensors (last %s)", index + 1, count, name);
+}
+
+/* The FFN width: <arch>.feed_forward_length, absent for a vocabulary-only file. */
+static lmoe_status read_n_ff(const gguf_file *f, char *key, size_t key_size, uint32_t *n_ff) {
+    gguf_str arch = {"", 0};
+    if (gguf_find_kv(f, "general.architecture"))
+        FORWARD_IF_ERROR(gguf_get_str(f, "general.architecture", &arch));
+    snprintf(key, key_size, "%.*s.feed_forward_length", (int)(arch.len > 64 ? 64 : arch.len),
+             arch.ptr);
+    *n_ff = 0;
+    return gguf_get_u32_opt(f, key, n_ff);
+}
+
+static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
+                                 const quantize_options *o, out_tensor **plan, gguf_writer **w) {
+    RETURN_ERROR_IF(o->type != GGML_TYPE_Q8_0 && o->type != GGML_TYPE_Q4_0 &&
+                        o->type != GGML_TYPE_F16 && o->type != GGML_TYPE_BF16 &&
+                        o->type != GGML_TYPE_F32,
+                    LMOE_ERR_INVALID_ARGUMENT, "quantize: --type must be q8_0, q4_0, bf16 or f16");
+    char ff_key[128];
+    uint32_t n_ff;
+    FORWARD_IF_ERROR(read_n_ff(f, ff_key, sizeof ff_key, &n_ff));
+    uint32_t n_ff_out = n_ff;
+    if (is_block_type(o->type) && n_ff % LMOE_QK) n_ff_out = (n_ff + LMOE_QK - 1) / LMOE_QK * LMOE_QK;
+
+    FORWARD_IF_ERROR(gguf_writer_create(w));
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        const gguf_kv *kv = &f->kv[i];
+        if (gguf_str_eq(kv->key, ff_key) || gguf_str_eq(kv->key, "llamamoe.feed_forward_length_unpadded"))
+            continue;
+        FORWARD_IF_ERROR(gguf_writer_copy_kv(*w, kv));
+    }
+    if (n_ff) FORWARD_IF_ERROR(gguf_writer_set_u32(*w, ff_key, n_ff_out));
+    if (n_ff_out != n_ff) {
+        FORWARD_IF_ERROR(gguf_writer_set_u32(*w, "llamamoe.feed_forward_length_unpadded", n_ff));
+        report(o, "FFN width %u is not a multiple of %d: padded to %u with zero neurons (exact)",
+               n_ff, LMOE_QK, n_ff_out);
+    }
+    *plan = calloc(f->n_tensors ? f->n_tensors : 1, sizeof **plan);
+    RETURN_ERROR_IF(!*plan, LMOE_ERR_OUT_OF_MEMORY, "quantize: out of memory");
+    uint64_t bytes_in = 0, bytes_out = 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        out_tensor *t = &(*plan)[i];
+        plan_tensor(&f->tensors[i], o->type, n_ff, n_ff_out, t);
+        char name[4097];
+        snprintf(name, sizeof name, "%.*s", (int)f->tensors[i].name.len, f->tensors[i].name.ptr);
+        FORWARD_IF_ERROR(gguf_writer_add_tensor_fill(*w, name, t->type, f->tensors[i].n_dims,
+                                                     t->ne, fill, t));
+        bytes_in += f->tensors[i].n_bytes;
+        uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        bytes_out += n / ggml_type_block_elems(t->type) * ggml_type_block_bytes(t->type);
+    }
+    report(o, "%llu tensors: %.1f MB -> %.1f MB (%s for the weight matrices)",
+           (unsigned long long)f->n_tensors, (double)bytes_in / 1e6, (double)bytes_out / 1e6,
+           ggml_type_name(o->type));
+    gguf_writer_set_progress(*w, on_written, (void *)o);
+    return gguf_writer_write(*w, out_path);
+}
+
+lmoe_status gguf_quantize(const char *in_path, const char *out_path,
+                          const quantize_options *options) {
+    gguf_file *f = NULL;
+    FORWARD_IF_ERROR(gguf_open(in_path, &f));
+    out_tensor *plan = NULL;
+    gguf_writer *w = NULL;
+    lmoe_status st = quantize_file(f, out_path, options, &plan, &w);
+    gguf_writer_free(w);
+    free(plan);
+    gguf_close(f);
+    return st;
+}
