@@ -74,6 +74,11 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
  * is applied to every token before the next block, so it is read from memory once. */
 void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
                     size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols);
+/* y[r] for r in [r0, r1) = row r of W (n_cols wide) . x, with the kernel for W's type (x_q8: x
+ * quantised, used for Q8_0 / Q4_0 weights). One token, on the calling thread. */
+void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const block_q8_0 *x_q8,
+                  float *y, size_t n_cols, size_t r0, size_t r1);
+bool weight_is_quantised(weight_ref w);
 /* The sub-matrix starting at row first_row of a matrix with n_cols columns. */
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols);
 

@@ -108,26 +108,33 @@ typedef struct matmul_job {
     size_t n_cols;
 } matmul_job;
 
+void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const block_q8_0 *x_q8,
+                  float *y, size_t n_cols, size_t r0, size_t r1) {
+    switch (w.type) {
+    case GGML_TYPE_Q8_0: k->matvec_q8_0(w.data, x_q8, y, n_cols, r0, r1); break;
+    case GGML_TYPE_Q4_0: k->matvec_q4_0(w.data, x_q8, y, n_cols, r0, r1); break;
+    case GGML_TYPE_F16: k->matvec_f16(w.data, x, y, n_cols, r0, r1); break;
+    case GGML_TYPE_BF16: k->matvec_bf16(w.data, x, y, n_cols, r0, r1); break;
+    default: /* model.c binds only the types above and f32 */
+        k->matvec_f32(w.data, x, y, n_cols, r0, r1);
+        break;
+    }
+}
+
+bool weight_is_quantised(weight_ref w) {
+    return w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0;
+}
+
 /* Rows [begin, end) for every token, a block of rows at a time. */
 static void matmul_rows(void *arg, size_t begin, size_t end, int thread_id) {
     (void)thread_id;
     const matmul_job *job = arg;
     for (size_t r0 = begin; r0 < end; r0 += ROWS_PER_BLOCK) {
         size_t r1 = r0 + ROWS_PER_BLOCK < end ? r0 + ROWS_PER_BLOCK : end;
-        for (size_t t = 0; t < job->n_tokens; t++) {
-            const float *x = job->x + t * job->ldx;
-            const block_q8_0 *xq = job->x_q8 + t * (job->n_cols / LMOE_QK);
-            float *y = job->y + t * job->ldy;
-            switch (job->w.type) {
-            case GGML_TYPE_Q8_0: job->k->matvec_q8_0(job->w.data, xq, y, job->n_cols, r0, r1); break;
-            case GGML_TYPE_Q4_0: job->k->matvec_q4_0(job->w.data, xq, y, job->n_cols, r0, r1); break;
-            case GGML_TYPE_F16: job->k->matvec_f16(job->w.data, x, y, job->n_cols, r0, r1); break;
-            case GGML_TYPE_BF16: job->k->matvec_bf16(job->w.data, x, y, job->n_cols, r0, r1); break;
-            default: /* model.c binds only f32, f16 and bf16 matrices */
-                job->k->matvec_f32(job->w.data, x, y, job->n_cols, r0, r1);
-                break;
-            }
-        }
+        for (size_t t = 0; t < job->n_tokens; t++)
+            forward_rows(job->k, job->w, job->x + t * job->ldx,
+                         job->x_q8 + t * (job->n_cols / LMOE_QK), job->y + t * job->ldy,
+                         job->n_cols, r0, r1);
     }
 }
 
@@ -140,7 +147,7 @@ weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
 void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
                     size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols) {
     matmul_job job = {ctx->kernels, w, x, ctx->state.x_q8, ldx, y, ldy, n_tokens, n_cols};
-    if (w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0) {
+    if (weight_is_quantised(w)) {
         /* quantise each token's activations once for all rows of this product */
         for (size_t t = 0; t < n_tokens; t++)
             ctx->kernels->quantize_q8_0(x + t * ldx, ctx->state.x_q8 + t * (n_cols / LMOE_QK),

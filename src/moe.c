@@ -9,12 +9,16 @@
  * Exact ties in the logits go to the lower expert id (the original's torch.topk order on ties is
  * unspecified; see docs/FORMAT.md).
  *
- * All tokens of the batch are routed first; then each expert that any token selected runs once,
- * over the tokens routed to it gathered into rows, so its weights are read once per batch. Going
- * through the experts in ascending id keeps each token's accumulation order that of the
- * original, so a batch gives the same numbers as one token at a time. */
+ * A batch (prefill): all tokens are routed first; then each expert that any token selected runs
+ * once, over the tokens routed to it gathered into rows, so its weights are read once per batch.
+ * One token (decode): the gate and up rows of all k selected experts are one parallel region,
+ * with SwiGLU applied as each block of rows is done, and their down rows a second one that also
+ * sums the experts, instead of three regions per expert. Either way each token's outputs are
+ * summed in ascending expert id with the same operations, so both paths give the same numbers. */
 #include <math.h>
 #include <string.h>
+
+#include "threadpool.h"
 
 #include "context.h"
 
@@ -117,6 +121,91 @@ static void run_expert(lmoe_context *ctx, const layer_weights *l, uint32_t e, ui
                    m, dim, n_ff);
 }
 
+/* ---- one token: the selected experts in two parallel regions ---- */
+
+/* Below this many multiply-adds per region the caller does the work alone. */
+#define DECODE_PARALLEL_MIN_MACS 32768u
+
+typedef struct decode_job {
+    lmoe_context *ctx;
+    const layer_weights *l;
+    int32_t experts[FORWARD_MAX_BATCH];  /* selected experts in ascending id */
+    float weights[FORWARD_MAX_BATCH];    /* their combine weights */
+    uint32_t k;
+    const float *x;                      /* (n_embd) the normed input */
+    float *out;                          /* (n_embd) */
+} decode_job;
+
+/* Items are (slot, row) pairs of the k experts' n_ff rows: hb[slot] = silu(gate x) * (up x). */
+static void decode_gate_up(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const decode_job *job = arg;
+    lmoe_context *ctx = job->ctx;
+    forward_state *s = &ctx->state;
+    size_t n_ff = ctx->model->hp.n_ff, dim = ctx->model->hp.n_embd;
+    while (begin < end) {
+        size_t slot = begin / n_ff, r0 = begin % n_ff;
+        size_t r1 = (slot + 1) * n_ff < end ? n_ff : end - slot * n_ff;
+        size_t e = (size_t)job->experts[slot];
+        float *h = s->hb + slot * n_ff, *h2 = s->hb2 + slot * n_ff;
+        forward_rows(ctx->kernels, weight_rows(job->l->gate_exps, e * n_ff, dim), job->x, s->x_q8,
+                     h, dim, r0, r1);
+        forward_rows(ctx->kernels, weight_rows(job->l->up_exps, e * n_ff, dim), job->x, s->x_q8,
+                     h2, dim, r0, r1);
+        ctx->kernels->swiglu(h + r0, h + r0, h2 + r0, r1 - r0);
+        begin = slot * n_ff + r1;
+    }
+}
+
+/* Items are output dimensions: out[d] = sum over slots (ascending expert id) of w * down_e[d] . h. */
+static void decode_down(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const decode_job *job = arg;
+    lmoe_context *ctx = job->ctx;
+    forward_state *s = &ctx->state;
+    size_t n_ff = ctx->model->hp.n_ff, dim = ctx->model->hp.n_embd;
+    memset(job->out + begin, 0, (end - begin) * sizeof(float));
+    for (uint32_t slot = 0; slot < job->k; slot++) {
+        size_t e = (size_t)job->experts[slot];
+        const block_q8_0 *hq = s->x_q8 + slot * (n_ff / LMOE_QK);
+        forward_rows(ctx->kernels, weight_rows(job->l->down_exps, e * dim, n_ff), s->hb + slot * n_ff,
+                     hq, s->expert_out, n_ff, begin, end);
+        ctx->kernels->axpy(job->out + begin, job->weights[slot], s->expert_out + begin, end - begin);
+    }
+}
+
+static void run_region(lmoe_context *ctx, size_t n_items, size_t macs, lmoe_parallel_fn fn,
+                       void *job) {
+    if (macs < DECODE_PARALLEL_MIN_MACS) {
+        fn(job, 0, n_items, 0);
+        return;
+    }
+    threadpool_parallel_for(ctx->pool, n_items, 0, fn, job);
+}
+
+static void decode_experts(lmoe_context *ctx, uint32_t il, const float *x, float *out) {
+    const llama_hparams *hp = &ctx->model->hp;
+    forward_state *s = &ctx->state;
+    size_t n_ff = hp->n_ff, dim = hp->n_embd;
+    decode_job job = {.ctx = ctx, .l = &ctx->model->layers[il], .x = x, .out = out};
+    for (uint32_t e = 0; e < hp->n_expert; e++)
+        for (uint32_t i = 0; i < hp->n_expert_used; i++)
+            if (s->selected[i] == (int32_t)e) {
+                job.experts[job.k] = (int32_t)e;
+                job.weights[job.k++] = s->selected_weights[i];
+            }
+    const layer_weights *l = job.l;
+    if (weight_is_quantised(l->gate_exps) || weight_is_quantised(l->up_exps))
+        ctx->kernels->quantize_q8_0(x, s->x_q8, dim);
+    run_region(ctx, job.k * n_ff, job.k * n_ff * dim * 2, decode_gate_up, &job);
+    if (weight_is_quantised(l->down_exps)) /* x is done with: its slot holds the h's now */
+        for (uint32_t slot = 0; slot < job.k; slot++)
+            ctx->kernels->quantize_q8_0(s->hb + slot * n_ff, s->x_q8 + slot * (n_ff / LMOE_QK), n_ff);
+    run_region(ctx, dim, job.k * n_ff * dim, decode_down, &job);
+    uint64_t *counts = ctx->expert_counts_pending + (size_t)il * hp->n_expert;
+    for (uint32_t slot = 0; slot < job.k; slot++) counts[job.experts[slot]]++;
+}
+
 void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, float *out,
              uint32_t n) {
     const llama_hparams *hp = &ctx->model->hp;
@@ -124,6 +213,10 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
     forward_state *s = &ctx->state;
     size_t dim = hp->n_embd;
     route(ctx, il, pos0, x, n);
+    if (n == 1 && hp->n_expert_used <= FORWARD_MAX_BATCH) {
+        decode_experts(ctx, il, x, out);
+        return;
+    }
     memset(out, 0, (size_t)n * dim * sizeof(float));
     uint64_t *counts = ctx->expert_counts_pending + (size_t)il * hp->n_expert;
     for (uint32_t e = 0; e < hp->n_expert; e++) {
