@@ -67,14 +67,27 @@ void lmoe_f16_row_to_f32(const uint16_t *src, float *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = lmoe_f16_to_f32(src[i]);
 }
 
+/* 1 / d, or 0 when d is 0 or so small that 1 / d overflows (the block then quantises to 0). */
+static float inverse(float d) {
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    return isfinite(id) ? id : 0.0f;
+}
+
+/* round(v) as an int8 within [-limit, limit]; NaN (from NaN or infinite input) gives 0. These
+ * guards change nothing for finite blocks, where |v| <= limit already: they only keep the
+ * conversion defined. */
+static int8_t quant_int8(float v, float limit) {
+    if (v != v) return 0;
+    return (int8_t)roundf(fminf(fmaxf(v, -limit), limit));
+}
+
 void lmoe_quantize_row_q8_0(const float *x, block_q8_0 *out, size_t n) {
     for (size_t b = 0; b < n / LMOE_QK; b++, x += LMOE_QK) {
         float amax = 0.0f;
         for (int j = 0; j < LMOE_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
         out[b].d = lmoe_f32_to_f16(d);
-        for (int j = 0; j < LMOE_QK; j++) out[b].qs[j] = (int8_t)roundf(x[j] * id);
+        for (int j = 0; j < LMOE_QK; j++) out[b].qs[j] = quant_int8(x[j] * inverse(d), 127.0f);
     }
 }
 
@@ -88,12 +101,12 @@ void lmoe_quantize_row_q4_0(const float *x, block_q4_0 *out, size_t n) {
             }
         }
         float d = max / -8.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = inverse(d);
         out[b].d = lmoe_f32_to_f16(d);
         for (int j = 0; j < LMOE_QK / 2; j++) {
-            int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + LMOE_QK / 2] * id + 8.5f);
-            lo = lo > 15 ? 15 : lo;
-            hi = hi > 15 ? 15 : hi;
+            /* x * id is in [-8, 8] for finite input; the clamp only keeps NaN/inf defined */
+            int lo = (int)fminf(fmaxf(x[j] * id + 8.5f, 0.0f), 15.0f);
+            int hi = (int)fminf(fmaxf(x[j + LMOE_QK / 2] * id + 8.5f, 0.0f), 15.0f);
             out[b].qs[j] = (uint8_t)(lo | (hi << 4));
         }
     }

@@ -607,68 +607,193 @@ static void compare_swiglu(const lmoe_kernels *k) {
     }
 }
 
-/* Q8_0 / Q4_0 weights against generic, with x quantised by each table's quantize_q8_0 (which
- * must give generic's blocks byte for byte: quant.h's reference rounding). */
-static void compare_quantized(const lmoe_kernels *k) {
+/* ---- Q8_0 / Q4_0 ----
+ * quantize_q8_0 must give generic's blocks byte for byte (quant.h's reference rounding); the
+ * quantised matvecs must agree with generic within 1e-5 of the scale of their terms,
+ * sum_b |d_w d_x dot_b| (the integer dot of each block is exact, only the float accumulation may
+ * differ), and the x86 tables, which repeat generic's float operations lane by lane, must equal it
+ * bit for bit. */
+
+#define Q_ROWS 19
+/* All rows (two groups of 8 and a leftover of 3), ranges not starting at 0, a single row, an
+ * empty range, a range within one group. */
+static const size_t q_row_ranges[][2] = {{0, Q_ROWS}, {1, 18}, {3, 11}, {5, 6}, {7, 7}, {16, 19}};
+static const size_t q_widths[] = {32, 64, 96, 160, 256, 4096, 11008};
+#define N_Q_WIDTHS (sizeof q_widths / sizeof q_widths[0])
+
+/* Tables whose quantised products are generic's bit for bit (documented in their files). */
+static int quantised_bit_exact(const lmoe_kernels *k) {
+    return strcmp(k->name, "avx2") == 0 || strcmp(k->name, "avx512") == 0 ||
+           strcmp(k->name, "avx512vnni") == 0;
+}
+
+static uint32_t rng_u32(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 32);
+}
+
+/* quantize_q8_0 of n floats against generic's, byte for byte, the input right before a guard
+ * page and the output both before a guard page and unaligned. */
+static void compare_quantize_on(const lmoe_kernels *k, const float *src, size_t n,
+                                const char *what) {
     const lmoe_kernels *g = lmoe_kernels_generic();
-    static const size_t widths[] = {32, 64, 96, 160, 256, 4096};
-    for (size_t s = 0; s < sizeof widths / sizeof widths[0]; s++) {
-        size_t n_cols = widths[s], n_blocks = n_cols / LMOE_QK, n = N_ROWS_TESTED * n_cols;
-        placement where = s % 2 ? PLACE_UNALIGNED : PLACE_BEFORE_GUARD;
-        float *wf = malloc(n * sizeof *wf), *x = malloc(n_cols * sizeof *x);
-        test_buffer b8, b4, bx, bxg;
-        block_q8_0 *w8 = buffer_alloc(&b8, N_ROWS_TESTED * n_blocks, sizeof(block_q8_0), where);
-        block_q4_0 *w4 = buffer_alloc(&b4, N_ROWS_TESTED * n_blocks, sizeof(block_q4_0), where);
-        block_q8_0 *xq = buffer_alloc(&bx, n_blocks, sizeof(block_q8_0), where);
-        block_q8_0 *xq_gen = buffer_alloc(&bxg, n_blocks, sizeof(block_q8_0), where);
-        for (size_t i = 0; i < n; i++) wf[i] = uniform(-1, 1) * (i % 97 == 0 ? 30.0f : 1.0f);
-        for (size_t j = 0; j < n_cols; j++) x[j] = uniform(-4, 4);
-        memset(x + n_cols - LMOE_QK, 0, LMOE_QK * sizeof *x); /* an all-zero block: d = 0 */
-        lmoe_quantize_row_q8_0(wf, w8, n);
-        lmoe_quantize_row_q4_0(wf, w4, n);
-        k->quantize_q8_0(x, xq, n_cols);
-        g->quantize_q8_0(x, xq_gen, n_cols);
-        CHECK_MSG(memcmp(xq, xq_gen, n_blocks * sizeof *xq) == 0,
-                  "%s quantize_q8_0 n=%zu differs from generic", k->name, n_cols);
-        for (int q4 = 0; q4 <= 1; q4++) {
-            size_t bad = 0, bad_sentinel = 0;
-            for (size_t c = 0; c < sizeof row_ranges / sizeof row_ranges[0]; c++) {
-                size_t r0 = row_ranges[c][0], r1 = row_ranges[c][1];
-                float y[N_ROWS_TESTED], y_gen[N_ROWS_TESTED];
-                for (size_t r = 0; r < N_ROWS_TESTED; r++) y[r] = y_gen[r] = 12345.0f;
-                (q4 ? k->matvec_q4_0 : k->matvec_q8_0)(q4 ? (const void *)w4 : (const void *)w8,
-                                                       xq_gen, y, n_cols, r0, r1);
-                (q4 ? g->matvec_q4_0 : g->matvec_q8_0)(q4 ? (const void *)w4 : (const void *)w8,
-                                                       xq_gen, y_gen, n_cols, r0, r1);
-                for (size_t r = 0; r < N_ROWS_TESTED; r++) {
-                    if (r < r0 || r >= r1) {
-                        bad_sentinel += y[r] != 12345.0f;
-                        continue;
-                    }
-                    /* the scale of the terms: sum over blocks of |d_w d_x| sum |q_w q_x| */
-                    double abs_sum = 0.0;
-                    for (size_t b = 0; b < n_blocks; b++) {
-                        double d = fabs((double)lmoe_f16_to_f32(q4 ? w4[r * n_blocks + b].d
-                                                                   : w8[r * n_blocks + b].d) *
-                                        lmoe_f16_to_f32(xq_gen[b].d));
-                        double qsum = 0.0;
-                        for (int j = 0; j < LMOE_QK; j++) {
-                            int qw = q4 ? (j < 16 ? (w4[r * n_blocks + b].qs[j] & 15)
-                                                  : (w4[r * n_blocks + b].qs[j - 16] >> 4)) - 8
-                                        : w8[r * n_blocks + b].qs[j];
-                            qsum += fabs((double)qw * xq_gen[b].qs[j]);
-                        }
-                        abs_sum += d * qsum;
-                    }
-                    bad += !sum_close(y[r], y_gen[r], abs_sum);
-                }
-            }
-            CHECK_MSG(bad == 0 && bad_sentinel == 0, "%s matvec_%s n_cols=%zu: %zu rows off "
-                      "generic, %zu outside the range written", k->name, q4 ? "q4_0" : "q8_0",
-                      n_cols, bad, bad_sentinel);
+    size_t n_blocks = n / LMOE_QK;
+    test_buffer bx, bq, bqu, bqg;
+    float *x = buffer_alloc(&bx, n, sizeof(float), PLACE_BEFORE_GUARD);
+    memcpy(x, src, n * sizeof *x);
+    block_q8_0 *q = buffer_alloc(&bq, n_blocks, sizeof(block_q8_0), PLACE_BEFORE_GUARD);
+    block_q8_0 *qu = buffer_alloc(&bqu, n_blocks, sizeof(block_q8_0), PLACE_UNALIGNED);
+    block_q8_0 *q_gen = buffer_alloc(&bqg, n_blocks, sizeof(block_q8_0), PLACE_UNALIGNED);
+    k->quantize_q8_0(x, q, n);
+    k->quantize_q8_0(x, qu, n);
+    g->quantize_q8_0(x, q_gen, n);
+    size_t bad = 0;
+    for (size_t b = 0; b < n_blocks; b++) {
+        if (memcmp(&q[b], &q_gen[b], sizeof *q) == 0 && memcmp(&qu[b], &q_gen[b], sizeof *q) == 0)
+            continue;
+        if (bad++ == 0) {
+            int j = 0;
+            while (j < LMOE_QK && q[b].qs[j] == q_gen[b].qs[j]) j++;
+            fprintf(stderr, "  %s quantize_q8_0 %s n=%zu block %zu: d %#x vs %#x; first differing "
+                    "quant %d: %d vs %d (x %.9g)\n", k->name, what, n, b, q[b].d, q_gen[b].d, j,
+                    j < LMOE_QK ? q[b].qs[j] : 0, j < LMOE_QK ? q_gen[b].qs[j] : 0,
+                    j < LMOE_QK ? x[b * LMOE_QK + j] : 0.0);
         }
-        free(wf), free(x);
-        buffer_free(&b8), buffer_free(&b4), buffer_free(&bx), buffer_free(&bxg);
+    }
+    CHECK_MSG(bad == 0, "%s quantize_q8_0 %s n=%zu: %zu blocks differ from generic", k->name,
+              what, n, bad);
+    buffer_free(&bx), buffer_free(&bq), buffer_free(&bqu), buffer_free(&bqg);
+}
+
+static void compare_quantize(const lmoe_kernels *k) {
+    for (size_t s = 0; s < N_Q_WIDTHS; s++) {
+        size_t n = q_widths[s];
+        float *x = malloc(n * sizeof *x);
+        for (size_t i = 0; i < n; i++) x[i] = uniform(-4, 4);
+        compare_quantize_on(k, x, n, "random");
+        for (size_t i = 0; i < n; i++) x[i] = uniform(-1, 1) * (i % 7 == 0 ? 1e30f : 1.0f);
+        compare_quantize_on(k, x, n, "outliers");
+        /* per block a different magnitude: large (d overflows f16 to infinity: 3e38 / 127), small
+         * (d an f16 subnormal or 0), tiny (1e-30, still normal enough for generic's conversion) */
+        static const float block_scale[] = {1.0f, 3e38f, 1e30f, 6e4f, 1e-3f, 1e-5f, 3e-7f, 1e-30f};
+        for (size_t i = 0; i < n; i++)
+            x[i] = uniform(-1, 1) * block_scale[(i / LMOE_QK) % 8];
+        compare_quantize_on(k, x, n, "magnitudes");
+        /* ties: a block whose max |x| is 127 * 2^e has d = 2^e and id = 2^-e exactly, so
+         * (k + 0.5) * 2^e lands exactly on a half; also the floats next to the halves */
+        for (size_t i = 0; i < n; i++) {
+            size_t b = i / LMOE_QK, j = i % LMOE_QK;
+            float scale = ldexpf(1.0f, (int)(b % 9) - 4);
+            float v = ((float)(int)(rng_u32() % 255) - 127.0f) + 0.5f; /* -126.5 .. 127.5 */
+            if (v > 127.0f) v = 127.0f;
+            if (j % 4 == 1) v = nextafterf(v, 0.0f);
+            if (j % 4 == 2) v = nextafterf(v, v > 0 ? 1000.0f : -1000.0f);
+            x[i] = (j == 5 ? (b % 2 ? -127.0f : 127.0f) : v) * scale; /* the block's max */
+        }
+        compare_quantize_on(k, x, n, "ties");
+        memset(x, 0, n * sizeof *x);
+        for (size_t i = 0; i < n; i += 2) x[i] = -0.0f;
+        compare_quantize_on(k, x, n, "zeros");
+        for (size_t i = 0; i < n; i++) x[i] = (i / LMOE_QK) % 2 ? uniform(-2, 2) : 0.0f;
+        compare_quantize_on(k, x, n, "zero blocks");
+        free(x);
+    }
+}
+
+/* One width, one placement: random Q8_0 / Q4_0 weights (every byte value, -128 included; scales
+ * from 0 and f16 subnormals to large) against generic, with x from quantize_q8_0 (or random bytes
+ * with -128 when x_min is set). */
+static void compare_quantized_matvec_case(const lmoe_kernels *k, size_t n_cols, placement where,
+                                          int x_min) {
+    const lmoe_kernels *g = lmoe_kernels_generic();
+    size_t n_blocks = n_cols / LMOE_QK;
+    test_buffer b8, b4, bx, by, byg;
+    block_q8_0 *w8 = buffer_alloc(&b8, Q_ROWS * n_blocks, sizeof(block_q8_0), where);
+    block_q4_0 *w4 = buffer_alloc(&b4, Q_ROWS * n_blocks, sizeof(block_q4_0), where);
+    block_q8_0 *xq = buffer_alloc(&bx, n_blocks, sizeof(block_q8_0), where);
+    float *y = buffer_alloc(&by, Q_ROWS, sizeof(float), where);
+    float *y_gen = buffer_alloc(&byg, Q_ROWS, sizeof(float), where);
+    static const float scales[] = {0.01f, 0.5f, 1e-3f, 3.0f, 0.0f, 2e-7f /* f16 subnormal */,
+                                   0.02f, 1000.0f};
+    for (size_t i = 0; i < Q_ROWS * n_blocks; i++) {
+        float d = scales[rng_u32() % 8] * uniform(0.5f, 1.5f);
+        w8[i].d = lmoe_f32_to_f16(d);
+        w4[i].d = lmoe_f32_to_f16(d);
+        for (int j = 0; j < LMOE_QK; j++) w8[i].qs[j] = (int8_t)(rng_u32() >> 24);
+        for (int j = 0; j < LMOE_QK / 2; j++) w4[i].qs[j] = (uint8_t)(rng_u32() >> 24);
+    }
+    for (size_t j = 0; j < 2 * LMOE_QK; j++) w8[n_blocks - 1].qs[j % LMOE_QK] = -128;
+    if (x_min) {
+        for (size_t b = 0; b < n_blocks; b++) {
+            xq[b].d = lmoe_f32_to_f16(uniform(0.001f, 0.1f));
+            for (int j = 0; j < LMOE_QK; j++) xq[b].qs[j] = (int8_t)(rng_u32() >> 24);
+        }
+        xq[n_blocks / 2].qs[3] = -128;
+    } else {
+        float *x = malloc(n_cols * sizeof *x);
+        for (size_t j = 0; j < n_cols; j++) x[j] = uniform(-4, 4) * (j % 61 == 0 ? 20.0f : 1.0f);
+        memset(x + n_cols - LMOE_QK, 0, LMOE_QK * sizeof *x); /* an all-zero block: d = 0 */
+        k->quantize_q8_0(x, xq, n_cols);
+        free(x);
+    }
+    for (int q4 = 0; q4 <= 1; q4++) {
+        const void *w = q4 ? (const void *)w4 : (const void *)w8;
+        size_t bad = 0, bad_exact = 0, bad_sentinel = 0, bad_alone = 0;
+        for (size_t c = 0; c < sizeof q_row_ranges / sizeof q_row_ranges[0]; c++) {
+            size_t r0 = q_row_ranges[c][0], r1 = q_row_ranges[c][1];
+            for (size_t r = 0; r < Q_ROWS; r++) y[r] = y_gen[r] = 12345.0f;
+            (q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, xq, y, n_cols, r0, r1);
+            (q4 ? g->matvec_q4_0 : g->matvec_q8_0)(w, xq, y_gen, n_cols, r0, r1);
+            for (size_t r = 0; r < Q_ROWS; r++) {
+                if (r < r0 || r >= r1) {
+                    bad_sentinel += y[r] != 12345.0f;
+                    continue;
+                }
+                /* the scale of the terms: sum over blocks of |d_w d_x dot_b| */
+                double abs_sum = 0.0;
+                for (size_t b = 0; b < n_blocks; b++) {
+                    long dot = 0;
+                    for (int j = 0; j < LMOE_QK; j++) {
+                        const block_q4_0 *b4 = &w4[r * n_blocks + b];
+                        int qw = q4 ? (j < 16 ? (b4->qs[j] & 15) : (b4->qs[j - 16] >> 4)) - 8
+                                    : w8[r * n_blocks + b].qs[j];
+                        dot += (long)qw * xq[b].qs[j];
+                    }
+                    uint16_t dw = q4 ? w4[r * n_blocks + b].d : w8[r * n_blocks + b].d;
+                    abs_sum += fabs((double)lmoe_f16_to_f32(dw) * lmoe_f16_to_f32(xq[b].d) *
+                                    (double)dot);
+                }
+                if (!sum_close(y[r], y_gen[r], abs_sum) && bad++ == 0)
+                    fprintf(stderr, "  %s matvec_%s n_cols=%zu rows [%zu,%zu) row %zu: %.9g, "
+                            "generic %.9g (sum|d_w d_x dot| %g)\n", k->name, q4 ? "q4_0" : "q8_0",
+                            n_cols, r0, r1, r, y[r], y_gen[r], abs_sum);
+                bad_exact += memcmp(&y[r], &y_gen[r], sizeof(float)) != 0;
+                float alone = 0.0f;
+                (q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, xq, &alone - r, n_cols, r, r + 1);
+                bad_alone += memcmp(&alone, &y[r], sizeof(float)) != 0;
+            }
+        }
+        const char *type = q4 ? "q4_0" : "q8_0";
+        CHECK_MSG(bad == 0, "%s matvec_%s n_cols=%zu placement %d%s: %zu rows off generic",
+                  k->name, type, n_cols, (int)where, x_min ? " x with -128" : "", bad);
+        CHECK_MSG(!quantised_bit_exact(k) || bad_exact == 0, "%s matvec_%s n_cols=%zu placement "
+                  "%d%s: %zu rows not bit-identical to generic", k->name, type, n_cols,
+                  (int)where, x_min ? " x with -128" : "", bad_exact);
+        CHECK_MSG(bad_sentinel == 0, "%s matvec_%s n_cols=%zu: %zu rows outside the range "
+                  "written", k->name, type, n_cols, bad_sentinel);
+        CHECK_MSG(bad_alone == 0, "%s matvec_%s n_cols=%zu: %zu rows differ when computed alone",
+                  k->name, type, n_cols, bad_alone);
+    }
+    buffer_free(&b8), buffer_free(&b4), buffer_free(&bx), buffer_free(&by), buffer_free(&byg);
+}
+
+static void compare_quantized(const lmoe_kernels *k) {
+    compare_quantize(k);
+    for (size_t s = 0; s < N_Q_WIDTHS; s++) {
+        compare_quantized_matvec_case(k, q_widths[s], PLACE_BEFORE_GUARD, 0);
+        compare_quantized_matvec_case(k, q_widths[s], PLACE_UNALIGNED, 0);
+        compare_quantized_matvec_case(k, q_widths[s], s % 2 ? PLACE_UNALIGNED : PLACE_BEFORE_GUARD,
+                                      1);
     }
 }
 
@@ -695,9 +820,10 @@ static int cpu_should_run(const char *name) {
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (strcmp(name, "avx2") == 0) return avx2;
-    if (strcmp(name, "avx512") == 0)
-        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (strcmp(name, "avx512") == 0) return avx512;
+    if (strcmp(name, "avx512vnni") == 0) return avx512 && __builtin_cpu_supports("avx512vnni");
 #endif
     if (strcmp(name, "generic") == 0) return 1;
     return -1;
@@ -797,7 +923,8 @@ int main(void) {
     test_by_name();
 
     /* every table: against double references; SIMD ones also against generic */
-    static const char *const known[] = {"avx512", "avx2", "generic"};
+    static const char *const known[] = {"avx512vnni", "avx512", "avx2", "neon_dotprod",
+                                        "neon", "generic"};
     char tested[64] = "", skipped[256] = "";
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
         int built = 0;

@@ -15,7 +15,8 @@
 
 /* CMake defines LMOE_HAVE_X86_AVX2 / LMOE_HAVE_X86_AVX512 when it builds those tables (x86-64
  * target, compiler with the flags); the __x86_64__ test keeps other targets (or -m32) out. */
-#if defined(__x86_64__) && (defined(LMOE_HAVE_X86_AVX2) || defined(LMOE_HAVE_X86_AVX512))
+#if defined(__x86_64__) && (defined(LMOE_HAVE_X86_AVX2) || defined(LMOE_HAVE_X86_AVX512) || \
+                             defined(LMOE_HAVE_X86_AVX512VNNI))
 #define LMOE_X86_TABLES 1
 #include <cpuid.h>
 
@@ -25,6 +26,7 @@ typedef struct x86_features {
     int avx2;   /* AVX2 + FMA + F16C, and the OS saves XMM and YMM state (XCR0 bits 1-2) */
     int avx512; /* all of the above + AVX512F/BW/VL, and the OS saves opmask and ZMM state
                  * (XCR0 bits 5-7) */
+    int avx512vnni; /* all of the above + AVX512_VNNI */
 } x86_features;
 
 #define XCR0_XMM_YMM 0x06u       /* bit 1 SSE, bit 2 AVX (upper halves of YMM) */
@@ -52,17 +54,58 @@ static void detect_x86_features(void) {
     /* x86_avx512.c is also compiled with -mavx2 -mfma -mf16c, so it needs all of avx2 too. */
     x86.avx512 = x86.avx2 && os_zmm && (ebx & bit_AVX512F) && (ebx & bit_AVX512BW) &&
                  (ebx & bit_AVX512VL);
+    x86.avx512vnni = x86.avx512 && (ecx & bit_AVX512VNNI);
 }
 
 static const x86_features *x86_features_get(void) {
     if (pthread_once(&x86_once, detect_x86_features) != 0) {
-        static const x86_features none = {0, 0};
+        static const x86_features none = {0, 0, 0};
         return &none;
     }
     return &x86;
 }
 #endif
 
+/* CMake defines LMOE_HAVE_ARM_NEON / LMOE_HAVE_ARM_NEON_DOTPROD when it builds arm_neon.c /
+ * arm_neon_dotprod.c (AArch64 target); the __aarch64__ test keeps other targets out. */
+#if defined(__aarch64__) && (defined(LMOE_HAVE_ARM_NEON) || defined(LMOE_HAVE_ARM_NEON_DOTPROD))
+#define LMOE_ARM_TABLES 1
+
+#if defined(__linux__)
+#include <sys/auxv.h>
+/* The kernel's AT_HWCAP bits (asm/hwcap.h), for C libraries whose headers lack them. */
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1UL << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+
+/* What the kernel says this CPU runs (it also hides what it does not save on a context switch).
+ * getauxval reads the auxiliary vector the process started with: cheap, thread-safe, constant. */
+static int neon_supported(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0; }
+static int neon_dotprod_supported(void) {
+    unsigned long hwcap = getauxval(AT_HWCAP);
+    return (hwcap & HWCAP_ASIMD) && (hwcap & HWCAP_ASIMDDP);
+}
+#else
+/* No AT_HWCAP to ask: Advanced SIMD is part of every AArch64 ABI in use, and the dot product
+ * instructions count only when the whole build already assumes them. */
+static int neon_supported(void) { return 1; }
+static int neon_dotprod_supported(void) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return 1;
+#else
+    return 0;
+#endif
+}
+#endif
+#endif
+
+#if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX512VNNI)
+static int avx512vnni_supported(void) { return x86_features_get()->avx512vnni; }
+/* x86_avx512.c compiled again by x86_avx512vnni.c. */
+#endif
 #if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX512)
 static int avx512_supported(void) { return x86_features_get()->avx512; }
 #endif
@@ -78,14 +121,23 @@ typedef struct kernel_candidate {
 
 static int always_supported(void) { return 1; }
 
-/* Best first, generic last. (An AArch64 NEON entry would go above generic, guarded the same
- * way by the build and by its own feature check.) */
+/* Best first per architecture, generic last; each entry is guarded by the build (is the table
+ * compiled?) and by its own feature check (can this CPU run it?). */
 static const kernel_candidate kernel_candidates[] = {
+#if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX512VNNI)
+    {"avx512vnni", avx512vnni_supported, lmoe_kernels_avx512vnni},
+#endif
 #if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX512)
     {"avx512", avx512_supported, lmoe_kernels_avx512},
 #endif
 #if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX2)
     {"avx2", avx2_supported, lmoe_kernels_avx2},
+#endif
+#if defined(LMOE_ARM_TABLES) && defined(LMOE_HAVE_ARM_NEON_DOTPROD)
+    {"neon_dotprod", neon_dotprod_supported, lmoe_kernels_neon_dotprod},
+#endif
+#if defined(LMOE_ARM_TABLES) && defined(LMOE_HAVE_ARM_NEON)
+    {"neon", neon_supported, lmoe_kernels_neon},
 #endif
     {"generic", always_supported, lmoe_kernels_generic},
 };
@@ -108,11 +160,20 @@ const lmoe_kernels *lmoe_kernels_by_name(const char *name) {
 
 const char *const *lmoe_kernels_compiled(void) {
     static const char *const names[] = {
+#if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX512VNNI)
+        "avx512vnni",
+#endif
 #if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX512)
         "avx512",
 #endif
 #if defined(LMOE_X86_TABLES) && defined(LMOE_HAVE_X86_AVX2)
         "avx2",
+#endif
+#if defined(LMOE_ARM_TABLES) && defined(LMOE_HAVE_ARM_NEON_DOTPROD)
+        "neon_dotprod",
+#endif
+#if defined(LMOE_ARM_TABLES) && defined(LMOE_HAVE_ARM_NEON)
+        "neon",
 #endif
         "generic", NULL};
     return names;

@@ -2,9 +2,9 @@
  *
  * generic.c is the portable scalar oracle: every other implementation is tested against it on
  * random data with ragged sizes. dispatch.c reads the CPU features once and picks the table; the
- * environment variable LLAMAMOE_KERNELS=generic|avx2|avx512 forces one (generic if this CPU
- * cannot run the named table). Only src/arch/ files use intrinsics or ISA compiler flags. All
- * vectors are f32 and need no particular alignment. */
+ * environment variable LLAMAMOE_KERNELS=generic|avx2|avx512|avx512vnni|neon|neon_dotprod forces one
+ * (generic if this CPU cannot run the named table). Only src/arch/ files use intrinsics or ISA
+ * compiler flags. All vectors are f32 and need no particular alignment. */
 #ifndef LMOE_KERNELS_H
 #define LMOE_KERNELS_H
 
@@ -57,21 +57,29 @@ const lmoe_kernels *lmoe_kernels_generic(void);
 /* The best table for this CPU (chosen once, thread-safe), honouring LLAMAMOE_KERNELS. */
 const lmoe_kernels *lmoe_kernels_select(void);
 
-/* The table called name ("generic", "avx2", "avx512") if it is compiled into this build and
- * this CPU can run it, NULL otherwise (unknown name, table not built for this target, or a CPU /
- * OS without the instructions). Ignores LLAMAMOE_KERNELS: for tests and benchmarks that run
- * every table. Thread-safe. */
+/* The table called name ("generic", "avx2", "avx512", "avx512vnni", "neon", "neon_dotprod") if it is
+ * compiled into this build and this CPU can run it, NULL otherwise (unknown name, table not built
+ * for this target, or a CPU / OS without the instructions). Ignores LLAMAMOE_KERNELS: for tests
+ * and benchmarks that run every table. Thread-safe. */
 const lmoe_kernels *lmoe_kernels_by_name(const char *name);
 
 /* Names of the tables compiled into this build, best first, ending with "generic" and then a
  * NULL pointer; whether this CPU can run each one is lmoe_kernels_by_name's answer. */
 const char *const *lmoe_kernels_compiled(void);
 
-/* The x86-64 tables (x86_avx2.c, x86_avx512.c). They are defined only when CMake builds those
- * files for an x86-64 target (it then defines LMOE_HAVE_X86_AVX2 / LMOE_HAVE_X86_AVX512 for
- * dispatch.c), and may be called only after dispatch.c has checked the CPU: reach them through
- * lmoe_kernels_select or lmoe_kernels_by_name. */
+/* The x86-64 tables (x86_avx2.c, x86_avx512.c; x86_avx512vnni.c compiles the latter again with
+ * the VNNI int8 dot products). They are defined only when CMake builds those files for an x86-64
+ * target (it then defines LMOE_HAVE_X86_* for dispatch.c), and may be called only after
+ * dispatch.c has checked the CPU: reach them through lmoe_kernels_select or lmoe_kernels_by_name. */
 const lmoe_kernels *lmoe_kernels_avx2(void);
 const lmoe_kernels *lmoe_kernels_avx512(void);
+const lmoe_kernels *lmoe_kernels_avx512vnni(void);
+
+/* The AArch64 tables (arm_neon.c; arm_neon_dotprod.c compiles it again with the dot product
+ * instructions). Defined only when CMake builds them for an AArch64 target (LMOE_HAVE_ARM_NEON /
+ * LMOE_HAVE_ARM_NEON_DOTPROD for dispatch.c), and, like the x86 ones, reached only through
+ * lmoe_kernels_select or lmoe_kernels_by_name after dispatch.c has checked AT_HWCAP. */
+const lmoe_kernels *lmoe_kernels_neon(void);
+const lmoe_kernels *lmoe_kernels_neon_dotprod(void);
 
 #endif

@@ -12,14 +12,19 @@
  *     on exactly widened weights, bit for bit.
  *   - rmsnorm differs only in its sum of squares; axpy, softmax and swiglu do generic's float
  *     operations element by element (expf stays libm's, one lane at a time) and so give
- *     generic's results exactly. */
+ *     generic's results exactly.
+ *   - matvec_q8_0 / matvec_q4_0 equal generic's results bit for bit (exact integer block dots,
+ *     then generic's float operations in generic's order), and quantize_q8_0 gives generic's
+ *     bytes; see the section on the quantised kernels. */
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
+#include "quant.h"
 
 /* Products and sums are fused only where an FMA intrinsic says so (as in generic.c for clang;
  * GCC in ISO C mode does not contract). */
@@ -220,20 +225,203 @@ static void avx2_axpy(float *y, float a, const float *x, size_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-/* Q8_0 / Q4_0 weights and the activations' Q8_0 quantisation: generic's kernels for now (so
- * the results are the oracle's); SIMD versions belong here once the block formats settle. */
+/* ------------------------------------------------------------------------------------------------
+ * Quantised weights (Q8_0, Q4_0) against Q8_0 activations, and the activations' quantisation.
+ *
+ * Exactness. Every block's integer dot product is computed exactly, and the float part repeats
+ * generic's operations in generic's order, lane by lane: per row, sum += (float)dot * (d_w * d_x)
+ * over the blocks in order, with no FMA. So matvec_q8_0 / matvec_q4_0 equal generic's results bit
+ * for bit (and a row's result cannot depend on the rows computed with it); test_kernels.c checks
+ * both the documented tolerance and the bit equality.
+ *   - Q8_0 uses the sign trick of vpmaddubsw (unsigned x signed bytes): |w| (0..128, as unsigned)
+ *     times x with w's sign moved onto it. Pairs of products sum to at most 2 * 128 * 127 = 32512,
+ *     so the 16-bit sums never saturate. The one value the trick cannot carry is x = -128 (negating
+ *     it wraps); quantize_q8_0 never produces it (|x * id| <= 127.00002 for finite input whose
+ *     block maximum is 0 or a normal number), but a caller's x blocks might hold it, so each call
+ *     checks x once and hands such an x to the generic kernel. Any weight byte, -128 included, is
+ *     exact.
+ *   - Q4_0 multiplies the unsigned nibbles q (0..15) by x (pairs: at most 2 * 15 * 128 = 3840)
+ *     and subtracts 8 * x in the same 16-bit pairs: (q - 8) * x exactly, for every x.
+ *   - Eight rows share each load of x. Each row's 32 products end in 8 int32 lanes; three rounds of
+ *     horizontal adds turn the 8 rows' lanes into one vector holding the 8 exact dot products,
+ *     which is then scaled and added lane by lane (one lane per row). The 8 weight scales are
+ *     broadcast from memory and blended into one vector, then widened with F16C, as is x's
+ *     scale. (Not a gather: on some CPUs gathers are slow, e.g. under the Gather Data Sampling
+ *     microcode mitigation; here the blends cost no more than the gather did.)
+ *   - Fewer than 8 rows (a range's end) repeat the last row in the unused lanes, which are not
+ *     stored.
+ * quantize_q8_0 gives generic's bytes: the same f32 max |x|, d = amax / 127, id = 1 / d, x * id,
+ * roundf's rounding (half away from zero, built from a truncation and the exact fractional part),
+ * and F16C's round-to-nearest-even for d. For a block whose max |x| is a nonzero value below
+ * 127 * 2^-126 (1.5e-36), or for NaN / infinite x, generic's float-to-int8 conversion is undefined
+ * behaviour; there this kernel saturates to -128..127 and generic may differ.
+ * ---------------------------------------------------------------------------------------------- */
+
+#define QGROUP 8 /* rows computed together by the quantised kernels */
+
+/* 8 int32 lanes summing to the exact dot product of 32 weight bytes w with 32 bytes x (x holds no
+ * -128: see above). */
+static ALWAYS_INLINE __m256i q8_lanes(const int8_t *wq, __m256i x) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)wq);
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+/* The same for a Q4_0 block's 16 bytes of nibbles; x8 is maddubs(8, x), the 16-bit pair sums of
+ * 8 * x, subtracted so that every nibble counts as q - 8. */
+static ALWAYS_INLINE __m256i q4_lanes(const uint8_t *wq, __m256i x, __m256i x8) {
+    /* the 16 bytes in both halves; the high half shifted right by 4: bytes 0..15 hold the low
+     * nibbles (elements 0..15), bytes 16..31 the high ones (elements 16..31) */
+    __m256i packed = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)wq));
+    const __m256i shifts = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    __m256i q = _mm256_and_si256(_mm256_srlv_epi32(packed, shifts), _mm256_set1_epi8(0x0f));
+    __m256i pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), x8);
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+/* p[i] (8 int32 lanes each) -> lane i = the sum of p[i]'s lanes, exactly. */
+static ALWAYS_INLINE __m256i sum_lanes_8(const __m256i p[QGROUP]) {
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+    /* a: rows 0-3 summed over the low 4 lanes | the same over the high 4 lanes; b: rows 4-7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                            _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* The 4 bytes at p (a block's scale and its first two quants: inside the block), in all lanes. */
+static ALWAYS_INLINE __m256i broadcast_4_bytes(const char *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+/* The f16 scales of the blocks at rows[i] + at (lane i), widened exactly. */
+static ALWAYS_INLINE __m256 row_scales(const char *const rows[QGROUP], size_t at) {
+    __m256i g = broadcast_4_bytes(rows[0] + at);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[1] + at), 0x02);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[2] + at), 0x04);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[3] + at), 0x08);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[4] + at), 0x10);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[5] + at), 0x20);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[6] + at), 0x40);
+    g = _mm256_blend_epi32(g, broadcast_4_bytes(rows[7] + at), 0x80);
+    /* the low 16 bits of each lane, packed into the low 8 bytes of each 128-bit half */
+    const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+    g = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, pick), 0x08);
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+}
+
+static ALWAYS_INLINE float half_to_float(uint16_t h) {
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+/* y[0 .. n_valid) = rows . x for the rows starting at w0, row_bytes apart (n_valid <= 8; the
+ * other lanes repeat the last row). */
+static ALWAYS_INLINE void q_group(const char *w0, size_t row_bytes, size_t n_valid,
+                                  const block_q8_0 *x, size_t n_blocks, int q4, float *y) {
+    const size_t block_bytes = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    const char *rows[QGROUP];
+    for (int i = 0; i < QGROUP; i++)
+        rows[i] = w0 + ((size_t)i < n_valid ? (size_t)i : n_valid - 1) * row_bytes;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t b = 0; b < n_blocks; b++) {
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        size_t at = b * block_bytes;
+        __m256i p[QGROUP];
+        if (q4) {
+            __m256i x8 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), xq);
+            for (int i = 0; i < QGROUP; i++)
+                p[i] = q4_lanes(((const block_q4_0 *)(rows[i] + at))->qs, xq, x8);
+        } else {
+            for (int i = 0; i < QGROUP; i++)
+                p[i] = q8_lanes(((const block_q8_0 *)(rows[i] + at))->qs, xq);
+        }
+        __m256 dot = _mm256_cvtepi32_ps(sum_lanes_8(p)); /* exact: |dot| <= 2^19 */
+        __m256 scale = _mm256_mul_ps(row_scales(rows, at),
+                                     _mm256_set1_ps(half_to_float(x[b].d)));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(dot, scale));
+    }
+    float out[QGROUP];
+    _mm256_storeu_ps(out, acc);
+    for (size_t i = 0; i < n_valid; i++) y[i] = out[i];
+}
+
+/* Nonzero if one of the n_blocks blocks of x holds the quant -128. */
+static int q8_has_min(const block_q8_0 *x, size_t n_blocks) {
+    __m256i any = _mm256_setzero_si256();
+    const __m256i min = _mm256_set1_epi8(-128);
+    for (size_t b = 0; b < n_blocks; b++)
+        any = _mm256_or_si256(any, _mm256_cmpeq_epi8(
+                                       _mm256_loadu_si256((const __m256i *)x[b].qs), min));
+    return !_mm256_testz_si256(any, any);
+}
+
+static ALWAYS_INLINE void q_matvec(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                   size_t row_begin, size_t row_end, int q4) {
+    size_t n_blocks = n_cols / LMOE_QK;
+    size_t row_bytes = n_blocks * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
+    if (!q4 && q8_has_min(x_q8, n_blocks)) { /* x = -128: see above */
+        const lmoe_kernels *g = lmoe_kernels_generic();
+        (q4 ? g->matvec_q4_0 : g->matvec_q8_0)(w, x_q8, y, n_cols, row_begin, row_end);
+        return;
+    }
+    for (size_t r = row_begin; r < row_end; r += QGROUP) {
+        size_t n_valid = row_end - r < QGROUP ? row_end - r : QGROUP;
+        q_group((const char *)w + r * row_bytes, row_bytes, n_valid, x_q8, n_blocks, q4, y + r);
+    }
+}
+
 static void avx2_matvec_q8_0(const void *w, const void *x_q8, float *y, size_t n_cols,
                              size_t row_begin, size_t row_end) {
-    lmoe_kernels_generic()->matvec_q8_0(w, x_q8, y, n_cols, row_begin, row_end);
+    q_matvec(w, x_q8, y, n_cols, row_begin, row_end, 0);
 }
 
 static void avx2_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t n_cols,
                              size_t row_begin, size_t row_end) {
-    lmoe_kernels_generic()->matvec_q4_0(w, x_q8, y, n_cols, row_begin, row_end);
+    q_matvec(w, x_q8, y, n_cols, row_begin, row_end, 1);
+}
+
+/* roundf for every lane: half away from zero. t = trunc(v) and v - t (exact: the fraction bits
+ * of v) decide whether to step one away from zero. */
+static ALWAYS_INLINE __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    __m256 away = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 step = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, v)); /* +-1 as v */
+    return _mm256_add_ps(t, _mm256_and_ps(away, step));
 }
 
 static void avx2_quantize_q8_0(const float *x, void *x_q8, size_t n) {
-    lmoe_kernels_generic()->quantize_q8_0(x, x_q8, n);
+    block_q8_0 *out = x_q8;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (size_t b = 0; b < n / LMOE_QK; b++, x += LMOE_QK) {
+        __m256 v[4];
+        __m256 vmax = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            /* maxps(a, m) is m when a is NaN: NaN is skipped, as by fmaxf */
+            vmax = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), vmax);
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        float amax = _mm_cvtss_f32(m);
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = (uint16_t)_mm_extract_epi16(
+            _mm_cvtps_ph(_mm_set_ss(d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0);
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[k], vid)));
+        /* int32 -> int8 (saturating), then undo the packs' per-128-bit interleaving */
+        __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                           _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)out[b].qs, _mm256_permutevar8x32_epi32(bytes, order));
+    }
 }
 
 static const lmoe_kernels avx2_table = {
