@@ -2,11 +2,15 @@
  *
  *   bench_kernels [N_ROWS] [N_COLS] [REPEATS]        (default 4096 4096 5)
  *
- * For f32, f16 and bf16 weights: W (N_ROWS, N_COLS) @ x, all rows, timed over repeated passes
- * (each repeat at least 0.2 s; the median repeat is reported). GB/s counts weight bytes only,
- * the figure decode is limited by (x and y are small and stay in cache). A 4096 x 4096 matrix
- * (64 MiB in f32) does not fit in any cache, so it measures memory bandwidth per core; a second,
- * cache-resident size (256 x 1024) shows how fast the kernel itself is. */
+ * For f32, f16, bf16, Q8_0 and Q4_0 weights: W (N_ROWS, N_COLS) @ x, all rows, timed over
+ * repeated passes (each repeat at least 0.2 s; the median repeat is reported). GB/s counts weight
+ * bytes only (for Q8_0 / Q4_0 the blocks, scales included: 34 / 18 bytes per 32 weights), the
+ * figure decode is limited by (x and y are small and stay in cache); "of f32" is that figure over
+ * the same table's f32 GB/s, the memory bandwidth one core reaches. The quantised products take x
+ * as Q8_0 blocks (quantised once, outside the timing; the quantize_q8_0 line times that step). A
+ * 4096 x 4096 matrix (64 MiB in f32) does not fit in any cache, so it measures memory bandwidth
+ * per core; a second, cache-resident size (256 x 1024) shows how fast the kernel itself is.
+ * N_COLS must be a multiple of 32 for the quantised types (otherwise they are skipped). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,19 +30,38 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-typedef enum weight_type { W_F32, W_F16, W_BF16 } weight_type;
-static const char *const type_names[] = {"f32", "f16", "bf16"};
+typedef enum weight_type { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, N_WEIGHT_TYPES } weight_type;
+static const char *const type_names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
 
 typedef struct matrix {
     size_t n_rows, n_cols;
     float *f32;     /* (n_rows, n_cols) */
     uint16_t *f16;  /* the same values as IEEE half */
     uint16_t *bf16; /* and as bfloat16 */
+    block_q8_0 *q8; /* and as Q8_0 / Q4_0 blocks (NULL when n_cols is not a multiple of 32) */
+    block_q4_0 *q4;
+    block_q8_0 *x_q8; /* x quantised, for the Q8_0 / Q4_0 products */
 } matrix;
+
+/* Bytes of weights one matvec reads. */
+static double weight_bytes(const matrix *m, weight_type type) {
+    double n = (double)(m->n_rows * m->n_cols);
+    switch (type) {
+    case W_F32: return 4.0 * n;
+    case W_F16:
+    case W_BF16: return 2.0 * n;
+    case W_Q8_0: return n / LMOE_QK * (double)sizeof(block_q8_0);
+    default: return n / LMOE_QK * (double)sizeof(block_q4_0);
+    }
+}
 
 static void run(const lmoe_kernels *k, weight_type type, const matrix *m, const float *x,
                 float *y) {
-    if (type == W_F16)
+    if (type == W_Q8_0)
+        k->matvec_q8_0(m->q8, m->x_q8, y, m->n_cols, 0, m->n_rows);
+    else if (type == W_Q4_0)
+        k->matvec_q4_0(m->q4, m->x_q8, y, m->n_cols, 0, m->n_rows);
+    else if (type == W_F16)
         k->matvec_f16(m->f16, x, y, m->n_cols, 0, m->n_rows);
     else if (type == W_BF16)
         k->matvec_bf16(m->bf16, x, y, m->n_cols, 0, m->n_rows);
@@ -71,6 +94,7 @@ static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
     m->f32 = malloc(n * sizeof *m->f32);
     m->f16 = malloc(n * sizeof *m->f16);
     m->bf16 = malloc(n * sizeof *m->bf16);
+    m->q8 = NULL, m->q4 = NULL, m->x_q8 = NULL;
     if (!m->f32 || !m->f16 || !m->bf16) return -1;
     uint64_t state = 0x243F6A8885A308D3ull;
     for (size_t i = 0; i < n; i++) {
@@ -80,6 +104,14 @@ static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
         m->f16[i] = lmoe_f32_to_f16(v);
         m->bf16[i] = lmoe_f32_to_bf16(v);
     }
+    if (n_cols % LMOE_QK == 0) {
+        m->q8 = malloc(n / LMOE_QK * sizeof *m->q8);
+        m->q4 = malloc(n / LMOE_QK * sizeof *m->q4);
+        m->x_q8 = malloc(n_cols / LMOE_QK * sizeof *m->x_q8);
+        if (!m->q8 || !m->q4 || !m->x_q8) return -1;
+        lmoe_quantize_row_q8_0(m->f32, m->q8, n);
+        lmoe_quantize_row_q4_0(m->f32, m->q4, n);
+    }
     return 0;
 }
 
@@ -87,6 +119,27 @@ static void matrix_free(matrix *m) {
     free(m->f32);
     free(m->f16);
     free(m->bf16);
+    free(m->q8);
+    free(m->q4);
+    free(m->x_q8);
+}
+
+/* Median seconds per quantize_q8_0 of x (n_cols floats). */
+static double time_quantize(const lmoe_kernels *k, const float *x, block_q8_0 *out, size_t n,
+                            int repeats) {
+    double per_call[100];
+    for (int r = 0; r < repeats; r++) {
+        size_t calls = 0;
+        double t0 = now_s(), elapsed;
+        do {
+            k->quantize_q8_0(x, out, n);
+            calls++;
+            elapsed = now_s() - t0;
+        } while (elapsed < 0.05);
+        per_call[r] = elapsed / (double)calls;
+    }
+    qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
+    return per_call[repeats / 2];
 }
 
 /* One table of results: every table this CPU runs x every weight type. */
@@ -99,19 +152,29 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
     }
     for (size_t j = 0; j < n_cols; j++) x[j] = (float)(j % 17) * 0.0625f - 0.5f;
     printf("matvec %zu x %zu, 1 thread (median of %d)\n", n_rows, n_cols, repeats);
-    printf("  %-8s %-5s %10s %9s %9s %8s\n", "table", "type", "MiB", "ms/call", "GB/s", "GFLOP/s");
+    if (m.x_q8) lmoe_kernels_generic()->quantize_q8_0(x, m.x_q8, n_cols);
+    printf("  %-10s %-5s %9s %9s %8s %8s %7s\n", "table", "type", "MiB", "ms/call", "GB/s",
+           "GFLOP/s", "of f32");
     for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
         const lmoe_kernels *k = lmoe_kernels_by_name(*name);
         if (k == NULL) {
-            printf("  %-8s (this CPU cannot run it: skipped)\n", *name);
+            printf("  %-10s (this CPU cannot run it: skipped)\n", *name);
             continue;
         }
-        for (int type = W_F32; type <= W_BF16; type++) {
+        double f32_gbs = 0.0;
+        for (int type = W_F32; type < N_WEIGHT_TYPES; type++) {
+            if ((type == W_Q8_0 || type == W_Q4_0) && m.q8 == NULL) continue;
             double s = time_matvec(k, (weight_type)type, &m, x, y, repeats);
-            double bytes = (double)(n_rows * n_cols) * (type == W_F32 ? 4.0 : 2.0);
-            printf("  %-8s %-5s %10.1f %9.3f %9.2f %8.2f\n", k->name, type_names[type],
-                   bytes / 1048576.0, s * 1e3, bytes / s * 1e-9,
-                   2.0 * (double)(n_rows * n_cols) / s * 1e-9);
+            double bytes = weight_bytes(&m, (weight_type)type), gbs = bytes / s * 1e-9;
+            if (type == W_F32) f32_gbs = gbs;
+            printf("  %-10s %-5s %9.1f %9.3f %8.2f %8.2f %6.0f%%\n", k->name, type_names[type],
+                   bytes / 1048576.0, s * 1e3, gbs, 2.0 * (double)(n_rows * n_cols) / s * 1e-9,
+                   100.0 * gbs / f32_gbs);
+        }
+        if (m.x_q8) {
+            double s = time_quantize(k, x, m.x_q8, n_cols, repeats);
+            printf("  %-10s quantize_q8_0 of x: %.2f us (%.2f GB/s of f32 read)\n", k->name,
+                   s * 1e6, 4.0 * (double)n_cols / s * 1e-9);
         }
     }
     matrix_free(&m);
