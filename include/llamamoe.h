@@ -274,9 +274,12 @@ LMOE_API void lmoe_context_reset_expert_counts(lmoe_context *ctx);
 LMOE_API const lmoe_model *lmoe_context_model(const lmoe_context *ctx);
 
 /* METHOD: lmoe_context. Runs the model on n_tokens tokens at positions n_tokens(ctx) onward,
- * appends them to the KV cache, and computes the logits of the last one. If they do not fit,
- * returns LMOE_ERR_CONTEXT_FULL and changes nothing. A token id outside the vocabulary gives
- * LMOE_ERR_INVALID_ARGUMENT and changes nothing. */
+ * appends them to the KV cache, and computes the logits of the last one. Several tokens are
+ * evaluated together (batches of up to 32): each weight is read once per batch, and an MoE expert
+ * runs once over all the batch's tokens routed to it; the numbers are the same as one token at a
+ * time. If the tokens do not fit, returns LMOE_ERR_CONTEXT_FULL and changes nothing. A token id
+ * outside the vocabulary gives LMOE_ERR_INVALID_ARGUMENT and changes nothing. An abort
+ * (LMOE_ERR_ABORTED) leaves the context as it was before the call. */
 LMOE_API lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_tokens);
 
 /* METHOD: lmoe_context. The n_vocab logits computed by the last successful lmoe_eval, or NULL if
