@@ -287,6 +287,34 @@ static void test_generate_continues(const lmoe_model *model) {
     lmoe_context_free(ctx);
 }
 
+/* The abort callback is asked between layers; an aborted eval adds nothing to the context. */
+static int abort_after(void *user) {
+    int *calls_left = user;
+    return (*calls_left)-- <= 0;
+}
+
+static void test_abort(const lmoe_model *model) {
+    int calls_left = 1000;
+    lmoe_context_params cp;
+    lmoe_context_default_params(&cp, sizeof cp);
+    cp.n_ctx = 32;
+    cp.abort_fn = abort_after;
+    cp.abort_user = &calls_left;
+    lmoe_context *ctx = NULL;
+    CHECK_OK(lmoe_context_create(model, &cp, &ctx));
+    if (!ctx) return;
+    lmoe_token ids[4] = {1, 403, 407, 261};
+    CHECK_OK(lmoe_eval(ctx, ids, 2));
+    calls_left = 2; /* the third layer of the next eval is refused */
+    CHECK(lmoe_eval(ctx, ids + 2, 2) == LMOE_ERR_ABORTED);
+    CHECK(strstr(lmoe_last_error(), "abort") != NULL);
+    CHECK(lmoe_context_n_tokens(ctx) == 2 && lmoe_logits(ctx) == NULL);
+    calls_left = 1000;
+    CHECK_OK(lmoe_eval(ctx, ids + 2, 2));
+    CHECK(lmoe_context_n_tokens(ctx) == 4 && lmoe_logits(ctx) != NULL);
+    lmoe_context_free(ctx);
+}
+
 int main(void) {
     test_version();
     test_status_strings();
@@ -301,6 +329,7 @@ int main(void) {
         test_context(model);
         test_generate(model);
         test_generate_continues(model);
+        test_abort(model);
     }
     lmoe_model_free(model);
     return test_finish("test_api");
