@@ -42,27 +42,6 @@
 
 static const char *convert_tool, *cli_tool;
 
-/* snprintf without gcc's truncation warnings (a cut path only makes a test fail). */
-static void fmt(char *buf, size_t size, const char *f, ...) __attribute__((format(printf, 3, 4)));
-static void fmt(char *buf, size_t size, const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(buf, size, f, ap);
-    va_end(ap);
-}
-
-static char summary[48][256];
-static int n_summary;
-
-static void SUMMARY(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static void SUMMARY(const char *f, ...) {
-    if (n_summary >= 48) return;
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(summary[n_summary++], sizeof summary[0], f, ap);
-    va_end(ap);
-}
-
 static bool file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
@@ -113,7 +92,7 @@ static lmoe_model *convert_and_load(const char *dir, const char *out_path, const
 /* Expects `hf` to fail with a message containing word, leaving no output file. */
 static void expect_convert_error(const char *dir, const char *label, const char *word) {
     char out_path[4096];
-    fmt(out_path, sizeof out_path, "%s.gguf", dir);
+    test_fmt(out_path, sizeof out_path, "%s.gguf", dir);
     char *out = NULL;
     int status = convert_hf(dir, out_path, "f32", NULL, &out);
     const char *text = out ? out : "";
@@ -164,7 +143,7 @@ static double max_abs_diff(const float *a, const float *b, size_t n) {
 
 static const char *config_text_write(const char *dir, const char *text) {
     static char path[4096];
-    fmt(path, sizeof path, "%s/config.json", dir);
+    test_fmt(path, sizeof path, "%s/config.json", dir);
     return test_write_file(path, text, strlen(text)) == 0 ? path : NULL;
 }
 
@@ -250,7 +229,7 @@ static int stories_write_hf(const stories *s, const char *dir, bool permute) {
     if (!qk) return -1;
 #define ADD(dims, d0, d1, ptr, ...)                                                                 \
     do {                                                                                            \
-        fmt(names[n], sizeof names[n], __VA_ARGS__);                                                \
+        test_fmt(names[n], sizeof names[n], __VA_ARGS__);                                                \
         t[n] = (test_st_tensor){names[n], "F32", dims, {d0, d1, 0, 0}, ptr};                        \
         n++;                                                                                        \
     } while (0)
@@ -285,7 +264,7 @@ static int stories_write_hf(const stories *s, const char *dir, bool permute) {
     ADD(1, ST_DIM, 0, s->rms_final, "model.norm.weight");
 #undef ADD
     char path[4096];
-    fmt(path, sizeof path, "%s/model.safetensors", dir);
+    test_fmt(path, sizeof path, "%s/model.safetensors", dir);
     int rc = test_write_safetensors(path, t, n);
     free(qk);
     static const char cfg[] =
@@ -309,7 +288,7 @@ static int stories_write_hf(const stories *s, const char *dir, bool permute) {
         "  \"vocab_size\": 512\n"
         "}\n";
     rc |= config_text_write(dir, cfg) ? 0 : -1;
-    fmt(path, sizeof path, "%s/tokenizer.model", dir);
+    test_fmt(path, sizeof path, "%s/tokenizer.model", dir);
     rc |= test_copy_file(test_model_path("tok512.model"), path);
     return rc;
 }
@@ -364,7 +343,7 @@ static int compare_with_llama2c(const char *hf_gguf, const char *l2c_gguf) {
         for (uint64_t i = 0; i < b->n_tensors; i++) {
             const gguf_tensor *tb = &b->tensors[i];
             char name[128];
-            fmt(name, sizeof name, "%.*s", (int)tb->name.len, tb->name.ptr);
+            test_fmt(name, sizeof name, "%.*s", (int)tb->name.len, tb->name.ptr);
             const gguf_tensor *ta = gguf_find_tensor(a, name);
             CHECK_MSG(ta != NULL, "HF conversion lacks tensor %s", name);
             if (!ta) continue;
@@ -412,8 +391,8 @@ static const char *test_dense(void) {
         bool permute = variant == 0;
         const char *name = permute ? "hf-stories260K" : "hf-stories260K-unpermuted";
         char dir[4096], out[4096];
-        fmt(dir, sizeof dir, "%s", test_tmp_path(name));
-        fmt(out, sizeof out, "%s.gguf", dir);
+        test_fmt(dir, sizeof dir, "%s", test_tmp_path(name));
+        test_fmt(out, sizeof out, "%s.gguf", dir);
         CHECK_MSG(stories_write_hf(&s, dir, permute) == 0, "%s: cannot write the folder", name);
         lmoe_model *m = convert_and_load(dir, out, NULL, NULL);
         if (!m) continue;
@@ -446,16 +425,16 @@ static const char *test_dense(void) {
             int compared = l2c ? compare_with_llama2c(out, l2c) : -1;
             CHECK_MSG(compared == 2 + 9 * ST_LAYERS, "compared %d tensors with the llama2c "
                       "conversion, expected %d", compared, 2 + 9 * ST_LAYERS);
-            SUMMARY("%-34s logits %.2e  greedy %d/50  tensors == llama2c: %d", "dense HF stories260K",
+            test_summary("%-34s logits %.2e  greedy %d/50  tensors == llama2c: %d", "dense HF stories260K",
                     d, same, compared);
-            fmt(gguf, sizeof gguf, "%s", out);
+            test_fmt(gguf, sizeof gguf, "%s", out);
             result = gguf;
         } else {
             printf("dense HF (q/k NOT permuted): logits pos 0..7 max |diff| from run.c %.3g; "
                    "greedy %d/50 tokens equal\n", d, same);
             CHECK_MSG(d > 1e-3, "unpermuted q/k: logits differ from run.c by only %g: the test "
                       "does not see the permutation", d);
-            SUMMARY("%-34s logits %.2e (must be > 1e-3)  greedy %d/50", "dense HF unpermuted q/k",
+            test_summary("%-34s logits %.2e (must be > 1e-3)  greedy %d/50", "dense HF unpermuted q/k",
                     d, same);
         }
         lmoe_model_free(m);
@@ -541,7 +520,7 @@ static int moe_write(const char *dir, const moe_folder *o) {
     size_t n = 0;
 #define ADD(dims, d0, d1, ptr, ...)                                                                 \
     do {                                                                                            \
-        fmt(names[n], sizeof names[n], __VA_ARGS__);                                                \
+        test_fmt(names[n], sizeof names[n], __VA_ARGS__);                                                \
         t[n] = (test_st_tensor){names[n], "F32", dims, {d0, d1, 0, 0}, ptr};                        \
         n++;                                                                                        \
     } while (0)
@@ -577,11 +556,11 @@ static int moe_write(const char *dir, const moe_folder *o) {
     if (o->extra_tensor) ADD(2, M_E, M_H, mw.layer[0].noise, "%s", o->extra_tensor);
 #undef ADD
     char path[4096];
-    fmt(path, sizeof path, "%s/model.safetensors", dir);
+    test_fmt(path, sizeof path, "%s/model.safetensors", dir);
     int rc = test_write_safetensors(path, t, n);
     char cfg[4096];
     if (o->mixtral)
-        fmt(cfg, sizeof cfg,
+        test_fmt(cfg, sizeof cfg,
             "{\n"
             "  \"architectures\": [\"MixtralForCausalLM\"],\n"
             "  \"attention_dropout\": 0.0,\n"
@@ -619,8 +598,8 @@ static int moe_write(const char *dir, const moe_folder *o) {
         }
         sprintf(p, "]");
         char scale_line[128] = "";
-        if (o->scale_json) fmt(scale_line, sizeof scale_line, "  \"score_scale_factor\": %s,\n", o->scale_json);
-        fmt(cfg, sizeof cfg,
+        if (o->scale_json) test_fmt(scale_line, sizeof scale_line, "  \"score_scale_factor\": %s,\n", o->scale_json);
+        test_fmt(cfg, sizeof cfg,
             "{\n"
             "  \"architectures\": [\"LlamaMoEForCausalLM\"],\n"
             "  \"bos_token_id\": 1,\n"
@@ -653,7 +632,7 @@ static int moe_write(const char *dir, const moe_folder *o) {
             M_H, M_FF * M_E, M_HEADS, M_E, M_L, M_HEADS, M_K, scale_line, sizes, M_V);
     }
     rc |= config_text_write(dir, cfg) ? 0 : -1;
-    fmt(path, sizeof path, "%s/tokenizer.model", dir);
+    test_fmt(path, sizeof path, "%s/tokenizer.model", dir);
     unlink(path);
     if (!o->no_tokenizer) rc |= test_copy_file(test_model_path("tok512.model"), path);
     return rc;
@@ -732,10 +711,10 @@ static void test_moe(void) {
     static float la[6][M_V], lb[6][M_V], lc[6][M_V];
     static trace ta, tb, tc;
     char dir_a[4096], dir_b[4096], out_a[4096], out_b[4096];
-    fmt(dir_a, sizeof dir_a, "%s", test_tmp_path("hf-moe-mixtral"));
-    fmt(dir_b, sizeof dir_b, "%s", test_tmp_path("hf-moe-llama_moe-linear"));
-    fmt(out_a, sizeof out_a, "%s.gguf", dir_a);
-    fmt(out_b, sizeof out_b, "%s.gguf", dir_b);
+    test_fmt(dir_a, sizeof dir_a, "%s", test_tmp_path("hf-moe-mixtral"));
+    test_fmt(dir_b, sizeof dir_b, "%s", test_tmp_path("hf-moe-llama_moe-linear"));
+    test_fmt(out_a, sizeof out_a, "%s.gguf", dir_a);
+    test_fmt(out_b, sizeof out_b, "%s.gguf", dir_b);
     moe_folder fa = {.mixtral = true}, fb = {.scale_json = "1.0"};
     CHECK(moe_write(dir_a, &fa) == 0);
     CHECK(moe_write(dir_b, &fb) == 0);
@@ -774,7 +753,7 @@ static void test_moe(void) {
         int status = test_run(argv, &out, &len);
         const char *line = out ? strstr(out, "general.architecture") : NULL;
         char arch_line[256] = "";
-        if (line) fmt(arch_line, sizeof arch_line, "%.*s", (int)strcspn(line, "\n"), line);
+        if (line) test_fmt(arch_line, sizeof arch_line, "%.*s", (int)strcspn(line, "\n"), line);
         bool llama = strstr(arch_line, "= \"llama\"") != NULL;
         CHECK_MSG(status == 0 && llama, "llamamoe-convert info (exit %d) does not show "
                   "general.architecture \"llama\":\n%s", status, out ? out : "");
@@ -813,7 +792,7 @@ static void test_moe(void) {
             distinct += used;
         }
         CHECK_MSG(distinct >= 4, "only %d experts ever selected", distinct);
-        SUMMARY("%-34s logits %.2e  routing w %.2e  experts differing %d  (%d experts used)",
+        test_summary("%-34s logits %.2e  routing w %.2e  experts differing %d  (%d experts used)",
                 "mixtral vs llama_moe (linear, 1)", d, w, diff_experts, distinct);
     }
 
@@ -828,19 +807,19 @@ static void test_moe(void) {
     };
     for (size_t c = 0; c < sizeof scaled / sizeof scaled[0]; c++) {
         char dir[4096], out[4096];
-        fmt(dir, sizeof dir, "%s", test_tmp_path(scaled[c].name));
-        fmt(out, sizeof out, "%s.gguf", dir);
+        test_fmt(dir, sizeof dir, "%s", test_tmp_path(scaled[c].name));
+        test_fmt(out, sizeof out, "%s.gguf", dir);
         moe_folder f = {.scale_json = scaled[c].scale_json};
         CHECK(moe_write(dir, &f) == 0);
         lmoe_model *m = convert_and_load(dir, out, NULL, NULL);
         if (!m) continue;
         char arch[64];
-        fmt(arch, sizeof arch, "%s", meta(m, "general.architecture"));
+        test_fmt(arch, sizeof arch, "%s", meta(m, "general.architecture"));
         CHECK_MSG(strcmp(arch, scaled[c].arch) == 0, "%s: general.architecture '%s', expected '%s'",
                   scaled[c].name, arch, scaled[c].arch);
         char stored[64] = "-";
         if (scaled[c].stored) {
-            fmt(stored, sizeof stored, "%s", meta(m, "llama_moe.expert_score_scale"));
+            test_fmt(stored, sizeof stored, "%s", meta(m, "llama_moe.expert_score_scale"));
             /* llamamoe.h documents arrays as "[array of N]"; the library adds the element type */
             bool ok = scaled[c].stored[0] == '['
                           ? strcmp(stored, "[array of 2]") == 0 || strncmp(stored, "[array of 2 ", 12) == 0
@@ -873,7 +852,7 @@ static void test_moe(void) {
                       diff_experts, w0);
             if (scaled[c].stored) CHECK_MSG(d > 1e-3, "%s: the scale changes nothing (%g)", scaled[c].name, d);
             else CHECK_MSG(d <= 1e-6, "%s: logits differ from scale 1 by %g", scaled[c].name, d);
-            SUMMARY("%-34s arch %-9s sums within %.1e  layer-0 w %.1e  logits vs scale 1 %.2e",
+            test_summary("%-34s arch %-9s sums within %.1e  layer-0 w %.1e  logits vs scale 1 %.2e",
                     scaled[c].name + 7, arch, sum_err, w0, d);
         }
         lmoe_model_free(m);
@@ -885,15 +864,15 @@ static void test_moe(void) {
     char dir[4096];
     const char *extra = "model.layers.1.mlp.gate.extra_bias.weight";
     moe_folder fx = {.scale_json = "1.0", .extra_tensor = extra};
-    fmt(dir, sizeof dir, "%s", test_tmp_path("hf-moe-bad-extra-tensor"));
+    test_fmt(dir, sizeof dir, "%s", test_tmp_path("hf-moe-bad-extra-tensor"));
     CHECK(moe_write(dir, &fx) == 0);
     expect_convert_error(dir, "llama_moe with an unknown tensor", extra);
     moe_folder fr = {.mixtral = true, .rope_scaling = true};
-    fmt(dir, sizeof dir, "%s", test_tmp_path("hf-moe-bad-rope-scaling"));
+    test_fmt(dir, sizeof dir, "%s", test_tmp_path("hf-moe-bad-rope-scaling"));
     CHECK(moe_write(dir, &fr) == 0);
     expect_convert_error(dir, "mixtral with rope_scaling", "rope_scaling");
     moe_folder ft = {.mixtral = true, .no_tokenizer = true};
-    fmt(dir, sizeof dir, "%s", test_tmp_path("hf-moe-bad-no-tokenizer"));
+    test_fmt(dir, sizeof dir, "%s", test_tmp_path("hf-moe-bad-no-tokenizer"));
     CHECK(moe_write(dir, &ft) == 0);
     expect_convert_error(dir, "mixtral without tokenizer.model", "tokenizer.model");
 }
@@ -963,8 +942,8 @@ static int golden_first_prompt(lmoe_token *ids, size_t *n_ids, float **logits) {
 
 static void test_f16(const char *f32_gguf) {
     char dir[4096], out[4096];
-    fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
-    fmt(out, sizeof out, "%s", test_tmp_path("hf-2_8-f16.gguf"));
+    test_fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
+    test_fmt(out, sizeof out, "%s", test_tmp_path("hf-2_8-f16.gguf"));
     lmoe_model *m = convert_and_load(dir, out, "f16", NULL);
     lmoe_model *m32 = NULL;
     CHECK_OK(lmoe_model_load(f32_gguf, NULL, &m32));
@@ -976,7 +955,7 @@ static void test_f16(const char *f32_gguf) {
     for (uint64_t i = 0; f && i < f->n_tensors; i++) {
         const gguf_tensor *t = &f->tensors[i];
         char name[128];
-        fmt(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        test_fmt(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
         bool want_f32 = t->n_dims == 1 || strstr(name, "ffn_gate_inp") != NULL;
         ggml_type want = want_f32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
         if (t->type != want && wrong++ < 5)
@@ -1017,7 +996,7 @@ static void test_f16(const char *f32_gguf) {
                    (int)top, (int)gtop);
             CHECK_MSG(d <= 2e-3, "2_8 f16: logits differ from golden by %g", d);
             CHECK_MSG(top == gtop, "2_8 f16: top-1 %d, golden %d", (int)top, (int)gtop);
-            SUMMARY("%-34s bytes ratio %.4f  logits %.2e  top-1 %s", "2_8 --type f16", ratio, d,
+            test_summary("%-34s bytes ratio %.4f  logits %.2e  top-1 %s", "2_8 --type f16", ratio, d,
                     top == gtop ? "same" : "DIFFERS");
         }
     }
@@ -1126,7 +1105,7 @@ static void check_routing_table(const char *out, const lmoe_model *m) {
     CHECK_MSG(max_row_err <= 0.45, "routing rows sum to 100 only within %g", max_row_err);
     CHECK_MSG(max_vs_lib <= 0.051, "routing percentages differ from the library's counts by %g",
               max_vs_lib);
-    SUMMARY("%-34s %d rows x 8  row sums +-%.2f  vs counts %.3f", "cli --routing (2_8)", rows,
+    test_summary("%-34s %d rows x 8  row sums +-%.2f  vs counts %.3f", "cli --routing (2_8)", rows,
             max_row_err, max_vs_lib);
 }
 
@@ -1181,8 +1160,8 @@ static void test_cli(const char *moe_gguf, const char *dense_gguf) {
 
     /* --chat vicuna: the format is recorded and the CLI uses it */
     char dir[4096], vic[4096];
-    fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
-    fmt(vic, sizeof vic, "%s", test_tmp_path("hf-2_8-vicuna.gguf"));
+    test_fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
+    test_fmt(vic, sizeof vic, "%s", test_tmp_path("hf-2_8-vicuna.gguf"));
     lmoe_model *mv = convert_and_load(dir, vic, "f32", "vicuna");
     if (mv) {
         CHECK_MSG(strcmp(meta(mv, "llamamoe.chat_format"), "vicuna_v1.1") == 0,
@@ -1201,7 +1180,7 @@ static void test_cli(const char *moe_gguf, const char *dense_gguf) {
                same ? "equal to" : "NOT equal to");
         CHECK_MSG(same, "llamamoe-cli --chat printed '%s', the library's greedy continuation of the "
                   "Vicuna prompt is '%.*s'", out ? out : "", (int)want.len, want.data);
-        SUMMARY("%-34s exit %d, output %s", "cli --chat (vicuna)", status,
+        test_summary("%-34s exit %d, output %s", "cli --chat (vicuna)", status,
                 same ? "= Vicuna greedy" : "DIFFERS");
         free(out);
         lmoe_model_free(mv);
@@ -1209,7 +1188,7 @@ static void test_cli(const char *moe_gguf, const char *dense_gguf) {
 
     /* an SFT name gets vicuna_v1.1 without --chat; --chat none overrides it */
     char sft[4096];
-    fmt(sft, sizeof sft, "%s", test_tmp_path("hf-2_8-sft"));
+    test_fmt(sft, sizeof sft, "%s", test_tmp_path("hf-2_8-sft"));
     mkdir(sft, 0755);
     static const char *const links[] = {"generation_config.json", "model.safetensors.index.json",
                                         "tokenizer.model", "model-00001-of-00002.safetensors",
@@ -1217,9 +1196,9 @@ static void test_cli(const char *moe_gguf, const char *dense_gguf) {
     int rc = 0;
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
         char from[4096], to[4096], rel[256];
-        fmt(rel, sizeof rel, "tiny-llama-moe-2_8/%s", links[i]);
-        fmt(from, sizeof from, "%s", test_model_path(rel));
-        fmt(to, sizeof to, "%s/%s", sft, links[i]);
+        test_fmt(rel, sizeof rel, "tiny-llama-moe-2_8/%s", links[i]);
+        test_fmt(from, sizeof from, "%s", test_model_path(rel));
+        test_fmt(to, sizeof to, "%s/%s", sft, links[i]);
         unlink(to);
         rc |= symlink(from, to);
     }
@@ -1232,22 +1211,22 @@ static void test_cli(const char *moe_gguf, const char *dense_gguf) {
         size_t new_cap = cfg_len + 128;
         char *new_cfg = malloc(new_cap);
         if (!new_cfg) abort();
-        fmt(new_cfg, new_cap, "%.*s\"_name_or_path\": \"x/LLaMA-MoE-v1-3_5B-2_8-sft\"%s",
+        test_fmt(new_cfg, new_cap, "%.*s\"_name_or_path\": \"x/LLaMA-MoE-v1-3_5B-2_8-sft\"%s",
             (int)(at - cfg), cfg, at + strlen(old_name));
         CHECK(config_text_write(sft, new_cfg) != NULL);
         free(new_cfg);
         char out_sft[4096];
-        fmt(out_sft, sizeof out_sft, "%s.gguf", sft);
+        test_fmt(out_sft, sizeof out_sft, "%s.gguf", sft);
         lmoe_model *ms = convert_and_load(sft, out_sft, NULL, NULL);
         if (ms) {
             char chat[64], name[128];
-            fmt(chat, sizeof chat, "%s", meta(ms, "llamamoe.chat_format"));
-            fmt(name, sizeof name, "%s", meta(ms, "general.name"));
+            test_fmt(chat, sizeof chat, "%s", meta(ms, "llamamoe.chat_format"));
+            test_fmt(name, sizeof name, "%s", meta(ms, "general.name"));
             printf("SFT name '%s' without --chat: llamamoe.chat_format '%s'\n", name, chat);
             CHECK_MSG(strcmp(chat, "vicuna_v1.1") == 0, "SFT model: llamamoe.chat_format '%s'", chat);
             CHECK_MSG(strcmp(name, "x/LLaMA-MoE-v1-3_5B-2_8-sft") == 0, "SFT model: general.name '%s'",
                       name);
-            SUMMARY("%-34s chat_format %s", "SFT name, no --chat", chat);
+            test_summary("%-34s chat_format %s", "SFT name, no --chat", chat);
             lmoe_model_free(ms);
         }
         lmoe_model *mn = convert_and_load(sft, out_sft, NULL, "none");
@@ -1277,8 +1256,8 @@ int main(int argc, char **argv) {
     const char *dense = test_dense();
     test_moe();
     char dir[4096], moe_f32[4096];
-    fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
-    fmt(moe_f32, sizeof moe_f32, "%s", test_tmp_path("hf-2_8-f32.gguf"));
+    test_fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
+    test_fmt(moe_f32, sizeof moe_f32, "%s", test_tmp_path("hf-2_8-f32.gguf"));
     char *out = NULL;
     int status = convert_hf(dir, moe_f32, "f32", NULL, &out);
     CHECK_MSG(status == 0, "converting tiny-llama-moe-2_8 (f32) exited with %d:\n%s", status,
@@ -1291,7 +1270,7 @@ int main(int argc, char **argv) {
 
     clock_gettime(CLOCK_MONOTONIC, &t1);
     printf("\nsummary:\n");
-    for (int i = 0; i < n_summary; i++) printf("  %s\n", summary[i]);
+    test_summary_print();
     printf("  time %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     return test_finish("test_hf_convert");
 }

@@ -72,27 +72,6 @@ static const char *convert_tool, *cli_tool;
  * summary lines, printed at the end
  * ---------------------------------------------------------------------------------------------- */
 
-/* snprintf without gcc's truncation warnings (a cut path or label only makes a test fail). */
-static void fmt(char *buf, size_t size, const char *f, ...) __attribute__((format(printf, 3, 4)));
-static void fmt(char *buf, size_t size, const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(buf, size, f, ap);
-    va_end(ap);
-}
-
-static char summary[64][256];
-static int n_summary;
-
-static void SUMMARY(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static void SUMMARY(const char *f, ...) {
-    if (n_summary >= 64) return;
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(summary[n_summary++], sizeof summary[0], f, ap);
-    va_end(ap);
-}
-
 /* ------------------------------------------------------------------------------------------------
  * golden.json / golden-bf16.json
  * ---------------------------------------------------------------------------------------------- */
@@ -292,12 +271,12 @@ static int load_golden(const char *folder, golden *g) {
     memset(g, 0, sizeof *g);
     g->name = folder;
     char rel[256];
-    fmt(rel, sizeof rel, "%s/golden.json", folder);
+    test_fmt(rel, sizeof rel, "%s/golden.json", folder);
     size_t len = 0;
     char *text = test_read_file(test_model_path(rel), &len);
     json_value *root = text ? json_parse(text, len) : NULL;
     free(text);
-    fmt(rel, sizeof rel, "%s/golden-bf16.json", folder);
+    test_fmt(rel, sizeof rel, "%s/golden-bf16.json", folder);
     char *text16 = test_read_file(test_model_path(rel), &len);
     json_value *root16 = text16 ? json_parse(text16, len) : NULL;
     free(text16);
@@ -342,7 +321,7 @@ static void trace_clear(routing_trace *t) {
 
 static void trace_bad(routing_trace *t, const char *what, int32_t layer, uint32_t pos, int32_t n_used) {
     if (t->n_bad++ == 0)
-        fmt(t->first_bad, sizeof t->first_bad, "%s (layer %d, pos %u, n_used %d)", what,
+        test_fmt(t->first_bad, sizeof t->first_bad, "%s (layer %d, pos %u, n_used %d)", what,
                  (int)layer, pos, (int)n_used);
 }
 
@@ -667,7 +646,7 @@ static void check_prompt(const lmoe_model *m, const golden *g, const golden_prom
                   "logits by %g at id %zu", label, r->batch_vs_single, at);
     }
     char label_b[160];
-    fmt(label_b, sizeof label_b, "%s (token by token)", label);
+    test_fmt(label_b, sizeof label_b, "%s (token by token)", label);
     check_trace_golden(tb, g, gp, label_b);
     check_counts_golden(b, g, gp, label_b);
 
@@ -685,7 +664,7 @@ static void check_prompt(const lmoe_model *m, const golden *g, const golden_prom
         double d = max_abs_diff(lb, prompt_logits, (size_t)g->n_vocab, NULL);
         CHECK_MSG(d <= 1e-6, "%s: after reset, logits (1 thread) differ by %g", label, d);
     }
-    fmt(label_b, sizeof label_b, "%s (after reset)", label);
+    test_fmt(label_b, sizeof label_b, "%s (after reset)", label);
     check_trace_golden(tb, g, gp, label_b);
     check_counts_golden(b, g, gp, label_b);
 done:
@@ -700,9 +679,9 @@ done:
 static void check_cli(const lmoe_model *m, const char *gguf, const golden_prompt *gp,
                       const char *label) {
     char prompt[512];
-    fmt(prompt, sizeof prompt, "%.*s", (int)gp->text_len, gp->text);
+    test_fmt(prompt, sizeof prompt, "%.*s", (int)gp->text_len, gp->text);
     char n_arg[16];
-    fmt(n_arg, sizeof n_arg, "%zu", gp->n_greedy);
+    test_fmt(n_arg, sizeof n_arg, "%zu", gp->n_greedy);
     char *argv[] = {(char *)cli_tool, "-m", (char *)gguf, "-p", prompt, "-n", n_arg, "--temp", "0",
                     "-s", "1", "-t", "2", "-c", "64", NULL};
     char *out = NULL;
@@ -729,13 +708,13 @@ static void test_golden_model(const char *folder) {
     CHECK_MSG(rc == 0, "%s: golden files unreadable", folder);
     if (rc != 0) return;
     char dir[4096];
-    fmt(dir, sizeof dir, "%s", test_model_path(folder));
+    test_fmt(dir, sizeof dir, "%s", test_model_path(folder));
     const char *types[2] = {"f32", "bf16"};
     for (int ti = 0; ti < 2; ti++) {
         char gguf[4096], label[160];
         char name[256];
-        fmt(name, sizeof name, "%s-%s.gguf", folder, types[ti]);
-        fmt(gguf, sizeof gguf, "%s", test_tmp_path(name));
+        test_fmt(name, sizeof name, "%s-%s.gguf", folder, types[ti]);
+        test_fmt(gguf, sizeof gguf, "%s", test_tmp_path(name));
         char *out = NULL;
         int status = convert_hf(dir, gguf, types[ti], &out);
         CHECK_MSG(status == 0, "%s --type %s: llamamoe-convert exited with %d:\n%s", folder,
@@ -744,22 +723,22 @@ static void test_golden_model(const char *folder) {
         lmoe_model *m = NULL;
         if (status == 0) CHECK_OK(lmoe_model_load(gguf, NULL, &m));
         if (!m) {
-            SUMMARY("%s %s: not converted or not loaded", folder, types[ti]);
+            test_summary("%s %s: not converted or not loaded", folder, types[ti]);
             continue;
         }
-        fmt(label, sizeof label, "%s %s", folder, types[ti]);
+        test_fmt(label, sizeof label, "%s %s", folder, types[ti]);
         check_model_info(m, &g, label);
         for (size_t p = 0; p < g.n_prompts; p++) {
-            fmt(label, sizeof label, "%s %s prompt %zu", folder, types[ti], p);
+            test_fmt(label, sizeof label, "%s %s prompt %zu", folder, types[ti], p);
             prompt_result r;
             check_prompt(m, &g, &g.prompts[p], ti == 1, label, &r);
             if (ti == 0) check_cli(m, gguf, &g.prompts[p], label);
             if (ti == 0)
-                SUMMARY("%-32s logits %.2e  1-call vs 1-by-1 %.2e  routing w %.2e  greedy %zu/%zu%s",
+                test_summary("%-32s logits %.2e  1-call vs 1-by-1 %.2e  routing w %.2e  greedy %zu/%zu%s",
                         label, r.logit_diff, r.batch_vs_single, r.weight_diff, r.greedy_ok,
                         g.prompts[p].n_greedy, r.top10_ok ? "" : "  TOP10 DIFFERS");
             else
-                SUMMARY("%-32s logits %.2e  1-call vs 1-by-1 %.2e  routing w %.2e  greedy %zu/%zu  "
+                test_summary("%-32s logits %.2e  1-call vs 1-by-1 %.2e  routing w %.2e  greedy %zu/%zu  "
                         "bf16 top1 %s top10 %s", label, r.logit_diff, r.batch_vs_single,
                         r.weight_diff, r.greedy_ok, g.prompts[p].n_greedy,
                         r.bf16_top1_ok ? "ok" : "DIFFERS", r.bf16_top10_ok ? "ok" : "DIFFERS");
@@ -1020,7 +999,7 @@ static void s_reference_pos0(int token, int gate, double scale, bool dense, doub
 
 static lmoe_model *s_load(const char *name, const moe_opts *o) {
     char path[4096];
-    fmt(path, sizeof path, "%s", test_tmp_path(name));
+    test_fmt(path, sizeof path, "%s", test_tmp_path(name));
     lmoe_status st = s_write(o, path);
     CHECK_MSG(st == LMOE_OK, "%s: cannot write: %s", name, lmoe_last_error());
     lmoe_model *m = NULL;
@@ -1031,7 +1010,7 @@ static lmoe_model *s_load(const char *name, const moe_opts *o) {
 static void s_expect_load_error(const char *name, const moe_opts *o, lmoe_status want1,
                                 lmoe_status want2, const char *word) {
     char path[4096];
-    fmt(path, sizeof path, "%s", test_tmp_path(name));
+    test_fmt(path, sizeof path, "%s", test_tmp_path(name));
     lmoe_status st = s_write(o, path);
     CHECK_MSG(st == LMOE_OK, "%s: cannot write: %s", name, lmoe_last_error());
     lmoe_model *m = (lmoe_model *)path; /* must be overwritten with NULL */
@@ -1084,7 +1063,7 @@ static void s_check_pos0(const lmoe_model *m, int gate, double scale, bool dense
               label, max_logit);
     CHECK_MSG(max_w <= 1e-5, "%s: routing weights differ from the float64 reference by %g", label,
               max_w);
-    SUMMARY("%-32s pos-0 logits vs float64 %.2e  routing w %.2e", label, max_logit, max_w);
+    test_summary("%-32s pos-0 logits vs float64 %.2e  routing w %.2e", label, max_logit, max_w);
 }
 
 static void test_synthetic(void) {
@@ -1169,7 +1148,7 @@ static void test_synthetic(void) {
             CHECK(memcmp(ca_counts, want, sizeof want) == 0);
             CHECK(memcmp(cb_counts, want, sizeof want) == 0);
         }
-        SUMMARY("%-32s logits %.2e  routing w %.2e  expert choices differing %d",
+        test_summary("%-32s logits %.2e  routing w %.2e  expert choices differing %d",
                 "mixtral vs llama_moe linear", max_d, max_w, diff_experts);
         lmoe_context_free(ca);
         lmoe_context_free(cb);
@@ -1247,7 +1226,7 @@ static void hf_add(st_entry *list, size_t *n, const hf_opts *o, const char *name
                    uint64_t d1) {
     if (o->omit && strcmp(o->omit, name) == 0) return;
     st_entry *e = &list[(*n)++];
-    fmt(e->name, sizeof e->name, "%s", name);
+    test_fmt(e->name, sizeof e->name, "%s", name);
     e->shape[0] = d0;
     e->shape[1] = d1;
     e->n_dims = d1 ? 2 : 1;
@@ -1330,17 +1309,17 @@ static int hf_write(const char *dir, const hf_opts *o) {
         memcpy(&data[i], &b16, 2);
     }
     char path[4096];
-    fmt(path, sizeof path, "%s/model.safetensors", dir);
+    test_fmt(path, sizeof path, "%s/model.safetensors", dir);
     int rc = test_write_file(path, file, total);
     free(file);
     free(header);
 
     /* config.json: the released LlamaMoEConfig key set */
     char sizes[256];
-    fmt(sizes, sizeof sizes, "[[%d, %d, %d, %d]]", HF_S, HF_S, HF_S,
+    test_fmt(sizes, sizeof sizes, "[[%d, %d, %d, %d]]", HF_S, HF_S, HF_S,
              o->unequal_sizes ? 2 * HF_S : HF_S);
     char cfg[4096];
-    fmt(cfg, sizeof cfg,
+    test_fmt(cfg, sizeof cfg,
              "{\n"
              "  \"_name_or_path\": \"tiny-hf-test\",\n"
              "  \"add_weight_norm\": false,\n"
@@ -1385,16 +1364,16 @@ static int hf_write(const char *dir, const hf_opts *o) {
              "}\n",
              o->gate_network ? o->gate_network : "mlp", HF_H,
              o->unequal_sizes ? 5 * HF_S : HF_E * HF_S, HF_HEADS, HF_E, HF_HEADS, HF_K, sizes, HF_V);
-    fmt(path, sizeof path, "%s/config.json", dir);
+    test_fmt(path, sizeof path, "%s/config.json", dir);
     rc |= test_write_file(path, cfg, strlen(cfg));
     static const char gen[] = "{\n  \"_from_model_config\": true,\n  \"bos_token_id\": 1,\n"
                               "  \"eos_token_id\": 2,\n  \"pad_token_id\": 0,\n"
                               "  \"transformers_version\": \"4.36.2\"\n}\n";
-    fmt(path, sizeof path, "%s/generation_config.json", dir);
+    test_fmt(path, sizeof path, "%s/generation_config.json", dir);
     rc |= test_write_file(path, gen, strlen(gen));
     size_t tok_size = 0;
     char *tok = test_read_file(test_model_path("llama2-tokenizer.model"), &tok_size);
-    fmt(path, sizeof path, "%s/tokenizer.model", dir);
+    test_fmt(path, sizeof path, "%s/tokenizer.model", dir);
     rc |= tok ? test_write_file(path, tok, tok_size) : -1;
     free(tok);
     return rc;
@@ -1405,7 +1384,7 @@ static int hf_write(const char *dir, const hf_opts *o) {
 static void hf_expect(const char *dir, const char *case_name, bool want_ok, const char *word1,
                       const char *word2) {
     char out_path[4096];
-    fmt(out_path, sizeof out_path, "%s.gguf", dir);
+    test_fmt(out_path, sizeof out_path, "%s.gguf", dir);
     char *out = NULL;
     int status = convert_hf(dir, out_path, "f32", &out);
     const char *text = out ? out : "";
@@ -1462,8 +1441,8 @@ static void test_bad_hf(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char name[128];
-        fmt(name, sizeof name, "%s%s", base, cases[i].name);
-        fmt(dir, sizeof dir, "%s", test_tmp_path(name));
+        test_fmt(name, sizeof name, "%s%s", base, cases[i].name);
+        test_fmt(dir, sizeof dir, "%s", test_tmp_path(name));
         int rc = hf_write(dir, &cases[i].o);
         CHECK_MSG(rc == 0, "%s: cannot write the folder", name);
         if (rc != 0) continue;
@@ -1471,7 +1450,7 @@ static void test_bad_hf(void) {
         if (cases[i].ok) {
             /* the valid tiny model loads and evaluates */
             char gguf[4096];
-            fmt(gguf, sizeof gguf, "%s.gguf", dir);
+            test_fmt(gguf, sizeof gguf, "%s.gguf", dir);
             lmoe_model *m = NULL;
             CHECK_OK(lmoe_model_load(gguf, NULL, &m));
             if (m) {
@@ -1509,21 +1488,21 @@ static void test_bad_hf(void) {
                  {"hf-2_8-truncated-header", 100},
                  {"hf-2_8-shard-missing", 0}};
     for (size_t c = 0; c < sizeof trunc / sizeof trunc[0]; c++) {
-        fmt(dir, sizeof dir, "%s", test_tmp_path(trunc[c].name));
+        test_fmt(dir, sizeof dir, "%s", test_tmp_path(trunc[c].name));
         mkdir(dir, 0755);
         char from[4096], to[4096];
         int rc = 0;
         for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
             char rel[256];
-            fmt(rel, sizeof rel, "tiny-llama-moe-2_8/%s", files[i]);
-            fmt(from, sizeof from, "%s", test_model_path(rel));
-            fmt(to, sizeof to, "%s/%s", dir, files[i]);
+            test_fmt(rel, sizeof rel, "tiny-llama-moe-2_8/%s", files[i]);
+            test_fmt(from, sizeof from, "%s", test_model_path(rel));
+            test_fmt(to, sizeof to, "%s/%s", dir, files[i]);
             rc |= copy_file(from, to, SIZE_MAX);
         }
         char rel[256];
-        fmt(rel, sizeof rel, "tiny-llama-moe-2_8/%s", shard2);
-        fmt(from, sizeof from, "%s", test_model_path(rel));
-        fmt(to, sizeof to, "%s/%s", dir, shard2);
+        test_fmt(rel, sizeof rel, "tiny-llama-moe-2_8/%s", shard2);
+        test_fmt(from, sizeof from, "%s", test_model_path(rel));
+        test_fmt(to, sizeof to, "%s/%s", dir, shard2);
         unlink(to);
         if (trunc[c].keep) rc |= copy_file(from, to, trunc[c].keep);
         CHECK_MSG(rc == 0, "%s: cannot copy the folder", trunc[c].name);
@@ -1621,7 +1600,7 @@ static rss_report rss_measure(const char *gguf, bool vocab_only, const lmoe_toke
     argv[n++] = (char *)gguf;
     argv[n++] = vocab_only ? "1" : "0";
     for (size_t i = 0; i < n_ids && i < MAX_IDS; i++) {
-        fmt(id_text[i], sizeof id_text[i], "%d", (int)ids[i]);
+        test_fmt(id_text[i], sizeof id_text[i], "%d", (int)ids[i]);
         argv[n++] = id_text[i];
     }
     argv[n] = NULL;
@@ -1644,7 +1623,7 @@ static rss_report rss_measure(const char *gguf, bool vocab_only, const lmoe_toke
         rep.n_ff = f[5];
         rep.n_expert = f[6];
     } else {
-        fmt(rep.error, sizeof rep.error, "child exited with %d: %s", status, out ? out : "");
+        test_fmt(rep.error, sizeof rep.error, "child exited with %d: %s", status, out ? out : "");
     }
     free(out);
     return rep;
@@ -1654,11 +1633,11 @@ static void test_rss(const char *type) {
     static golden g;
     if (load_golden("tiny-llama-moe-2_8", &g) != 0) return;
     char name[128], gguf[4096];
-    fmt(name, sizeof name, "tiny-llama-moe-2_8-%s.gguf", type);
-    fmt(gguf, sizeof gguf, "%s", test_tmp_path(name));
+    test_fmt(name, sizeof name, "tiny-llama-moe-2_8-%s.gguf", type);
+    test_fmt(gguf, sizeof gguf, "%s", test_tmp_path(name));
     if (!file_exists(gguf)) { /* TEST_ONLY=rss: convert here */
         char dir[4096];
-        fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
+        test_fmt(dir, sizeof dir, "%s", test_model_path("tiny-llama-moe-2_8"));
         convert_hf(dir, gguf, type, NULL);
     }
     const golden_prompt *gp = &g.prompts[0];
@@ -1699,10 +1678,10 @@ static void test_rss(const char *type) {
         CHECK_MSG(growth < limit, "RssAnon grew by %llu bytes loading and running the f32 model "
                   "(limit %llu): are the weights copied?", (unsigned long long)growth,
                   (unsigned long long)limit);
-        SUMMARY("%-32s RssAnon growth %.1f MB, limit %.1f MB (tensors %.1f MB)", "rss 2_8 f32",
+        test_summary("%-32s RssAnon growth %.1f MB, limit %.1f MB (tensors %.1f MB)", "rss 2_8 f32",
                 (double)growth / 1e6, (double)limit / 1e6, (double)full.n_bytes / 1e6);
     } else {
-        SUMMARY("%-32s RssAnon growth %.1f MB (informative; tensors %.1f MB)", "rss 2_8 bf16",
+        test_summary("%-32s RssAnon growth %.1f MB (informative; tensors %.1f MB)", "rss 2_8 bf16",
                 (double)growth / 1e6, (double)full.n_bytes / 1e6);
     }
 }
@@ -1728,6 +1707,6 @@ int main(int argc, char **argv) {
         test_rss("bf16");
     }
     printf("\nsummary (max |differences|):\n");
-    for (int i = 0; i < n_summary; i++) printf("  %s\n", summary[i]);
+    test_summary_print();
     return test_finish("test_llama_moe");
 }

@@ -7,6 +7,7 @@
 #include "llama2c.h"
 #include "tokenizer_import.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -248,4 +249,26 @@ lmoe_status test_write_tiny_vocab(gguf_writer *w, const char *const *normal_piec
     if (st == LMOE_OK) st = gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2);
     if (st == LMOE_OK) st = gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0);
     return st;
+}
+
+void test_fmt(char *buf, size_t size, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+}
+
+static char summary_lines[64][256];
+static int n_summary_lines;
+
+void test_summary(const char *fmt, ...) {
+    if (n_summary_lines >= 64) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(summary_lines[n_summary_lines++], sizeof summary_lines[0], fmt, ap);
+    va_end(ap);
+}
+
+void test_summary_print(void) {
+    for (int i = 0; i < n_summary_lines; i++) printf("  %s\n", summary_lines[i]);
 }

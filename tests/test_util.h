@@ -91,4 +91,12 @@ int test_copy_file(const char *from, const char *to);
 lmoe_status test_write_tiny_vocab(gguf_writer *w, const char *const *normal_pieces,
                                   const float *normal_scores, int n_normal);
 
+/* snprintf without gcc's truncation warnings (a cut path or label only makes a test fail). */
+void test_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Collects one line for the summary a test prints at the end (at most 64 lines are kept), and
+ * prints the collected lines. */
+void test_summary(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void test_summary_print(void);
+
 #endif
