@@ -881,35 +881,6 @@ static void test_moe(void) {
  * 3. f16 conversion of tiny-llama-moe-2_8
  * ---------------------------------------------------------------------------------------------- */
 
-static int b64_value(int c) {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
-
-static uint8_t *base64_decode(const char *s, size_t len, size_t *out_len) {
-    uint8_t *out = malloc(len / 4 * 3 + 3);
-    if (!out) return NULL;
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len && s[i] != '='; i++) {
-        int v = b64_value((unsigned char)s[i]);
-        if (v < 0) continue;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (uint8_t)(acc >> bits);
-        }
-    }
-    *out_len = n;
-    return out;
-}
-
 #define G_VOCAB 32000
 
 /* The first prompt of tiny-llama-moe-2_8/golden.json: ids and last-position logits. */
@@ -929,7 +900,7 @@ static int golden_first_prompt(lmoe_token *ids, size_t *n_ids, float **logits) {
         *n_ids = 0;
         for (size_t i = 0; i < jids->n_items; i++) ids[(*n_ids)++] = (lmoe_token)jids->items[i].number;
         size_t n_bytes = 0;
-        *logits = (float *)base64_decode(data->str, data->str_len, &n_bytes);
+        *logits = (float *)test_base64_decode(data->str, data->str_len, &n_bytes);
         if (*logits && n_bytes == G_VOCAB * sizeof(float)) rc = 0;
         else {
             free(*logits);

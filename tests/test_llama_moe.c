@@ -103,42 +103,6 @@ typedef struct golden {
     size_t n_prompts;
 } golden;
 
-static int b64_value(int c) {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
-
-/* Decodes standard base64 (padding optional, whitespace skipped) into a malloc'd buffer. */
-static uint8_t *base64_decode(const char *s, size_t len, size_t *out_len) {
-    uint8_t *out = malloc(len / 4 * 3 + 3);
-    if (!out) return NULL;
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '=') break;
-        if (c == '\n' || c == '\r' || c == ' ') continue;
-        int v = b64_value((unsigned char)c);
-        if (v < 0) {
-            free(out);
-            return NULL;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (uint8_t)(acc >> bits);
-        }
-    }
-    *out_len = n;
-    return out;
-}
-
 /* Looks up key and checks its kind; prints what is missing. */
 static const json_value *jget(const json_value *o, const char *key, json_kind kind) {
     const json_value *v = o ? json_get(o, key) : NULL;
@@ -171,7 +135,7 @@ static int load_golden_prompt(const json_value *p, const golden *g, golden_promp
     gp->text_len = text->str_len;
     gp->n_ids = json_tokens(ids, gp->ids, MAX_IDS);
     size_t n_bytes = 0;
-    uint8_t *raw = base64_decode(data->str, data->str_len, &n_bytes);
+    uint8_t *raw = test_base64_decode(data->str, data->str_len, &n_bytes);
     if (!raw || n_bytes != (size_t)g->n_vocab * sizeof(float)) {
         fprintf(stderr, "golden: last_logits decode to %zu bytes\n", n_bytes);
         free(raw);

@@ -272,3 +272,38 @@ void test_summary(const char *fmt, ...) {
 void test_summary_print(void) {
     for (int i = 0; i < n_summary_lines; i++) printf("  %s\n", summary_lines[i]);
 }
+
+static int b64_value(int c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+uint8_t *test_base64_decode(const char *s, size_t len, size_t *out_len) {
+    uint8_t *out = malloc(len / 4 * 3 + 3);
+    if (!out) return NULL;
+    size_t n = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '=') break;
+        if (c == '\n' || c == '\r' || c == ' ') continue;
+        int v = b64_value((unsigned char)c);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[n++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *out_len = n;
+    return out;
+}

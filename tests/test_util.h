@@ -99,4 +99,8 @@ void test_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((forma
 void test_summary(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void test_summary_print(void);
 
+/* Decodes standard base64 (padding optional, whitespace skipped) into a malloc'd buffer; NULL on
+ * a character outside the alphabet. */
+uint8_t *test_base64_decode(const char *s, size_t len, size_t *out_len);
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli_args.h"
 #include "llamamoe.h"
 
 #define MAX_STOPS 16
@@ -49,24 +50,6 @@ static void usage(FILE *out) {
             "  -v, --verbose           log what the library does to stderr\n");
 }
 
-static int parse_long(const char *s, long min, long max, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, cli_options *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -96,22 +79,22 @@ static int parse_args(int argc, char **argv, cli_options *o) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_path = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict"))
-            bad = parse_long(v, 0, 1 << 30, &n) || ((o->n_predict = (int)n), 0);
+            bad = cli_parse_long(v, 0, 1 << 30, &n) || ((o->n_predict = (int)n), 0);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
-            bad = parse_long(v, 1, 512, &n) || ((o->n_threads = (int)n), 0);
+            bad = cli_parse_long(v, 1, 512, &n) || ((o->n_threads = (int)n), 0);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size"))
-            bad = parse_long(v, 1, 1L << 30, &n) || ((o->n_ctx = (unsigned)n), 0);
+            bad = cli_parse_long(v, 1, 1L << 30, &n) || ((o->n_ctx = (unsigned)n), 0);
         else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
             char *end;
             errno = 0;
             o->sampling.seed = strtoull(v, &end, 10);
             bad = errno || end == v || *end;
-        } else if (!strcmp(a, "--temp")) bad = parse_float(v, &o->sampling.temperature);
-        else if (!strcmp(a, "--top-p")) bad = parse_float(v, &o->sampling.top_p);
-        else if (!strcmp(a, "--min-p")) bad = parse_float(v, &o->sampling.min_p);
-        else if (!strcmp(a, "--repeat-penalty")) bad = parse_float(v, &o->sampling.repeat_penalty);
+        } else if (!strcmp(a, "--temp")) bad = cli_parse_float(v, &o->sampling.temperature);
+        else if (!strcmp(a, "--top-p")) bad = cli_parse_float(v, &o->sampling.top_p);
+        else if (!strcmp(a, "--min-p")) bad = cli_parse_float(v, &o->sampling.min_p);
+        else if (!strcmp(a, "--repeat-penalty")) bad = cli_parse_float(v, &o->sampling.repeat_penalty);
         else if (!strcmp(a, "--top-k"))
-            bad = parse_long(v, 0, 1 << 30, &n) || ((o->sampling.top_k = (int32_t)n), 0);
+            bad = cli_parse_long(v, 0, 1 << 30, &n) || ((o->sampling.top_k = (int32_t)n), 0);
         else if (!strcmp(a, "--stop")) {
             if (o->n_stops == MAX_STOPS) {
                 fprintf(stderr, "llamamoe-cli: at most %d --stop strings\n", MAX_STOPS);

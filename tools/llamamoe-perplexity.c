@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli_args.h"
 #include "llamamoe.h"
 
 #define DEFAULT_MAX_CTX 512
@@ -46,15 +47,6 @@ static void usage(FILE *out) {
             DEFAULT_MAX_CTX);
 }
 
-static int parse_long(const char *s, long min, long max, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, ppl_options *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -76,11 +68,11 @@ static int parse_args(int argc, char **argv, ppl_options *o) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_path = v;
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) o->text_path = v;
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size"))
-            bad = parse_long(v, 2, 1L << 30, &n) || ((o->n_ctx = (unsigned)n), 0);
+            bad = cli_parse_long(v, 2, 1L << 30, &n) || ((o->n_ctx = (unsigned)n), 0);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
-            bad = parse_long(v, 1, 512, &n) || ((o->n_threads = (int)n), 0);
+            bad = cli_parse_long(v, 1, 512, &n) || ((o->n_threads = (int)n), 0);
         else if (!strcmp(a, "--chunk"))
-            bad = parse_long(v, 1, 1L << 30, &o->max_chunks);
+            bad = cli_parse_long(v, 1, 1L << 30, &o->max_chunks);
         else {
             fprintf(stderr, "llamamoe-perplexity: unknown option %s\n", a);
             usage(stderr);
