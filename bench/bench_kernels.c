@@ -10,7 +10,12 @@
  * as Q8_0 blocks (quantised once, outside the timing; the quantize_q8_0 line times that step). A
  * 4096 x 4096 matrix (64 MiB in f32) does not fit in any cache, so it measures memory bandwidth
  * per core; a second, cache-resident size (256 x 1024) shows how fast the kernel itself is.
- * N_COLS must be a multiple of 32 for the quantised types (otherwise they are skipped). */
+ * N_COLS must be a multiple of 32 for the quantised types (otherwise they are skipped).
+ *
+ * Then the batched (prefill) products: W (N_ROWS, N_COLS) in Q8_0 / Q4_0 times 8, 32 and 128
+ * tokens, with each table's gemm kernel where it has one and, for comparison, its matvec token by
+ * token over blocks of 16 rows (what the forward pass does without a gemm kernel); GOP/s counts
+ * 2 ops per multiply-add, to set against llamamoe-bench's measured int8 peak. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +187,79 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
     free(y);
 }
 
+/* Median seconds of one batched product over all rows: gemm, or matvec per token in 16-row blocks. */
+static double time_batched(const lmoe_kernels *k, int q4, const matrix *m, int use_gemm,
+                           const lmoe_q8_batch *xb, float *y, void *scratch, int repeats) {
+    double per_call[100];
+    const void *w = q4 ? (const void *)m->q4 : (const void *)m->q8;
+    size_t n_blocks = m->n_cols / LMOE_QK;
+    for (int r = 0; r < repeats; r++) {
+        size_t calls = 0;
+        double t0 = now_s(), elapsed;
+        do {
+            if (use_gemm) {
+                (q4 ? k->gemm_q4_0 : k->gemm_q8_0)(w, xb, y, m->n_rows, m->n_cols, 0, m->n_rows,
+                                                   scratch);
+            } else {
+                for (size_t r0 = 0; r0 < m->n_rows; r0 += 16) {
+                    size_t r1 = r0 + 16 < m->n_rows ? r0 + 16 : m->n_rows;
+                    for (size_t t = 0; t < xb->n_tokens; t++)
+                        (q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, xb->blocks + t * n_blocks,
+                                                               y + t * m->n_rows, m->n_cols, r0, r1);
+                }
+            }
+            calls++;
+            elapsed = now_s() - t0;
+        } while (elapsed < 0.2);
+        per_call[r] = elapsed / (double)calls;
+    }
+    qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
+    return per_call[repeats / 2];
+}
+
+static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
+    enum { MAX_TOKENS = 128 };
+    static const size_t token_counts[] = {8, 32, MAX_TOKENS};
+    matrix m;
+    size_t n_blocks = n_cols / LMOE_QK;
+    float *x = malloc(n_cols * MAX_TOKENS * sizeof *x), *y = malloc(n_rows * MAX_TOKENS * sizeof *y);
+    block_q8_0 *xq = malloc(n_blocks * MAX_TOKENS * sizeof *xq);
+    int32_t *sums = malloc(n_blocks * MAX_TOKENS * sizeof *sums);
+    float *scales = malloc(n_blocks * MAX_TOKENS * sizeof *scales);
+    void *scratch = aligned_alloc(64, LMOE_GEMM_SCRATCH_BYTES(n_cols));
+    if (matrix_init(&m, n_rows, n_cols) != 0 || !x || !y || !xq || !sums || !scales || !scratch) {
+        fprintf(stderr, "bench_kernels: out of memory\n");
+        exit(1);
+    }
+    for (size_t j = 0; j < n_cols * MAX_TOKENS; j++) x[j] = (float)(j % 23) * 0.0625f - 0.7f;
+    lmoe_quantize_row_q8_0(x, xq, n_cols * MAX_TOKENS);
+    lmoe_q8_0_block_stats(xq, n_blocks * MAX_TOKENS, sums, scales);
+    printf("batched %zu x %zu, 1 thread (median of %d): GOP/s (2 per multiply-add)\n", n_rows,
+           n_cols, repeats);
+    printf("  %-10s %-5s %7s %12s %16s %8s\n", "table", "type", "tokens", "gemm GOP/s",
+           "matvec/tok GOP/s", "ratio");
+    for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
+        const lmoe_kernels *k = lmoe_kernels_by_name(*name);
+        if (k == NULL) continue;
+        for (int q4 = 0; q4 <= 1; q4++)
+            for (size_t i = 0; i < sizeof token_counts / sizeof *token_counts; i++) {
+                lmoe_q8_batch xb = {xq, sums, scales, token_counts[i], n_blocks};
+                double ops = 2.0 * (double)(n_rows * n_cols * token_counts[i]);
+                double s_mv = time_batched(k, q4, &m, 0, &xb, y, scratch, repeats);
+                if (k->gemm_q8_0) {
+                    double s_g = time_batched(k, q4, &m, 1, &xb, y, scratch, repeats);
+                    printf("  %-10s %-5s %7zu %12.1f %16.1f %7.2fx\n", k->name, q4 ? "q4_0" : "q8_0",
+                           token_counts[i], ops / s_g * 1e-9, ops / s_mv * 1e-9, s_mv / s_g);
+                } else {
+                    printf("  %-10s %-5s %7zu %12s %16.1f\n", k->name, q4 ? "q4_0" : "q8_0",
+                           token_counts[i], "-", ops / s_mv * 1e-9);
+                }
+            }
+    }
+    matrix_free(&m);
+    free(x), free(y), free(xq), free(sums), free(scales), free(scratch);
+}
+
 int main(int argc, char **argv) {
     size_t n_rows = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) : 4096;
     size_t n_cols = argc > 2 ? (size_t)strtoull(argv[2], NULL, 10) : 4096;
@@ -192,5 +270,6 @@ int main(int argc, char **argv) {
     }
     bench_size(n_rows, n_cols, repeats);
     if (argc <= 2) bench_size(256, 1024, repeats); /* 1 MiB in f32: cache-resident */
+    if (n_cols % LMOE_QK == 0) bench_batched(n_rows, n_cols, repeats);
     return 0;
 }

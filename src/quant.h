@@ -44,6 +44,10 @@ void lmoe_quantize_row_q4_0(const float *x, block_q4_0 *out, size_t n);
 void lmoe_dequantize_row_q8_0(const block_q8_0 *in, float *y, size_t n);
 void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n);
 
+/* For each of n_blocks Q8_0 blocks, the sum of its 32 quants and its scale as f32: what the batched
+ * quantised kernels (kernels.h, lmoe_q8_batch) read for the activations. */
+void lmoe_q8_0_block_stats(const block_q8_0 *x, size_t n_blocks, int32_t *sums, float *scales);
+
 /* Widen n elements of a weight row of the given 16-bit type to f32. */
 void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n);
 void lmoe_f16_row_to_f32(const uint16_t *src, float *dst, size_t n);

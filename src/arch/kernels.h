@@ -11,6 +11,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quant.h"
+
+/* The activations of a batched quantised product: n_tokens rows of n_blocks Q8_0 blocks, and for
+ * each block the sum of its 32 quants and its scale widened to f32 (lmoe_q8_0_block_stats fills
+ * both), which the batched kernels read instead of recomputing them for every weight row. */
+typedef struct lmoe_q8_batch {
+    const block_q8_0 *blocks; /* (n_tokens, n_blocks) */
+    const int32_t *sums;      /* (n_tokens, n_blocks) */
+    const float *scales;      /* (n_tokens, n_blocks) */
+    size_t n_tokens;
+    size_t n_blocks;
+} lmoe_q8_batch;
+
+/* Bytes of scratch a batched quantised kernel needs for rows of n_cols columns. */
+#define LMOE_GEMM_SCRATCH_BYTES(n_cols) (((n_cols) / 32) * 1152 + 64)
+
 typedef struct lmoe_kernels {
     const char *name;
 
@@ -50,6 +66,17 @@ typedef struct lmoe_kernels {
                         size_t row_begin, size_t row_end);
     /* x (n,) -> n / 32 Q8_0 blocks, the activations' side of the quantised products. */
     void (*quantize_q8_0)(const float *x, void *x_q8, size_t n);
+
+    /* Batched (prefill) forms of matvec_q8_0 / matvec_q4_0: for every token t of x and row r in
+     * [row_begin, row_end), y[t * ldy + r] = row r . x_t, bit for bit what the same table's matvec
+     * gives for that token alone. Each block of weight rows is unpacked once into scratch
+     * (LMOE_GEMM_SCRATCH_BYTES(n_cols) bytes, 64-byte aligned, this thread's own) and used for
+     * every token. These two may be NULL: a table without a batched kernel is used through its
+     * matvec, token by token (the test checks both ways agree). */
+    void (*gemm_q8_0)(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy, size_t n_cols,
+                      size_t row_begin, size_t row_end, void *scratch);
+    void (*gemm_q4_0)(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy, size_t n_cols,
+                      size_t row_begin, size_t row_end, void *scratch);
 } lmoe_kernels;
 
 /* The portable scalar table. */
@@ -74,6 +101,11 @@ const char *const *lmoe_kernels_compiled(void);
 const lmoe_kernels *lmoe_kernels_avx2(void);
 const lmoe_kernels *lmoe_kernels_avx512(void);
 const lmoe_kernels *lmoe_kernels_avx512vnni(void);
+/* The avx512vnni table's batched kernels (x86_avx512vnni_gemm.c). */
+void lmoe_avx512vnni_gemm_q8_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                               size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
+void lmoe_avx512vnni_gemm_q4_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                               size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
 
 /* The AArch64 tables (arm_neon.c; arm_neon_dotprod.c compiles it again with the dot product
  * instructions). Defined only when CMake builds them for an AArch64 target (LMOE_HAVE_ARM_NEON /

@@ -473,6 +473,10 @@ static const lmoe_kernels avx512_table = {
     .matvec_q8_0 = avx512_matvec_q8_0,
     .matvec_q4_0 = avx512_matvec_q4_0,
     .quantize_q8_0 = avx512_quantize_q8_0,
+#if defined(LMOE_AVX512_VNNI)
+    .gemm_q8_0 = lmoe_avx512vnni_gemm_q8_0,
+    .gemm_q4_0 = lmoe_avx512vnni_gemm_q4_0,
+#endif
 };
 
 #if defined(LMOE_AVX512_VNNI)
