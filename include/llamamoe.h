@@ -237,9 +237,13 @@ typedef struct lmoe_context_params {
     void *abort_user;       /* passed to abort_fn */
     lmoe_routing_fn routing_fn; /* optional: every routing decision of an MoE model */
     void *routing_user;     /* passed to routing_fn */
+    uint32_t n_batch;       /* most tokens one forward pass evaluates; lmoe_eval splits longer
+                               inputs. 0 = 512. At most n_ctx (larger values are capped). Larger
+                               batches read each weight once for more tokens (faster prompts);
+                               the scratch memory grows with it. */
 } lmoe_context_params;
 
-/* Fills *params with defaults (n_ctx 0, n_threads 0). As lmoe_model_default_params. */
+/* Fills *params with defaults (n_ctx 0, n_threads 0, n_batch 0). As lmoe_model_default_params. */
 LMOE_API lmoe_status lmoe_context_default_params(lmoe_context_params *params, size_t params_size);
 
 /* CONSTRUCTOR: lmoe_context. Allocates the KV cache (2 * n_layer * n_ctx * n_embd_kv floats) and
@@ -275,9 +279,9 @@ LMOE_API const lmoe_model *lmoe_context_model(const lmoe_context *ctx);
 
 /* METHOD: lmoe_context. Runs the model on n_tokens tokens at positions n_tokens(ctx) onward,
  * appends them to the KV cache, and computes the logits of the last one. Several tokens are
- * evaluated together (batches of up to 32): each weight is read once per batch, and an MoE expert
- * runs once over all the batch's tokens routed to it; the numbers are the same as one token at a
- * time. If the tokens do not fit, returns LMOE_ERR_CONTEXT_FULL and changes nothing. A token id
+ * evaluated together (batches of up to n_batch, see lmoe_context_params): each weight is read
+ * once per batch, and an MoE expert runs once over all the batch's tokens routed to it; the numbers
+ * are the same as one token at a time. If the tokens do not fit, returns LMOE_ERR_CONTEXT_FULL and changes nothing. A token id
  * outside the vocabulary gives LMOE_ERR_INVALID_ARGUMENT and changes nothing. After an abort
  * (LMOE_ERR_ABORTED) the context holds the tokens it held before the call, and lmoe_logits
  * returns NULL until the next successful eval. */

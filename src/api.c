@@ -1,6 +1,7 @@
 /* api.c - the public surface for models, tokenizer and contexts: argument checks, params structs,
  * handle lifetimes. The work itself is in model.c, tokenizer.c and forward.c. */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,6 +179,10 @@ lmoe_status lmoe_token_to_piece(const lmoe_model *model, lmoe_token token,
  * context
  * ---------------------------------------------------------------------------------------------- */
 
+/* The first version of lmoe_context_params ended at routing_user; callers built with that header
+ * keep working (n_batch then takes its default). */
+#define CONTEXT_PARAMS_MIN_SIZE offsetof(lmoe_context_params, n_batch)
+
 static const lmoe_context_params context_defaults = {
     .struct_size = sizeof(lmoe_context_params),
     .log_level = LMOE_LOG_WARN,
@@ -185,12 +190,15 @@ static const lmoe_context_params context_defaults = {
 
 lmoe_status lmoe_context_default_params(lmoe_context_params *params, size_t params_size) {
     return params_write_defaults(params, params_size, &context_defaults, sizeof context_defaults,
-                                 sizeof context_defaults, "context params");
+                                 CONTEXT_PARAMS_MIN_SIZE, "context params");
 }
 
 static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p) {
     const llama_hparams *hp = &ctx->model->hp;
-    FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->n_ctx));
+    int n_threads = p->n_threads ? p->n_threads : threadpool_cpu_count();
+    uint32_t n_batch = p->n_batch ? p->n_batch : FORWARD_DEFAULT_BATCH;
+    if (n_batch > ctx->n_ctx) n_batch = ctx->n_ctx;
+    FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->n_ctx, n_batch, n_threads));
     if (hp->n_expert) {
         size_t n_counts = (size_t)hp->n_layer * hp->n_expert;
         ctx->expert_counts = calloc(n_counts, sizeof *ctx->expert_counts);
@@ -198,11 +206,10 @@ static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p)
         RETURN_ERROR_IF(!ctx->expert_counts || !ctx->expert_counts_pending,
                         LMOE_ERR_OUT_OF_MEMORY, "out of memory for expert counts");
     }
-    int n_threads = p->n_threads ? p->n_threads : threadpool_cpu_count();
     FORWARD_IF_ERROR(threadpool_create(n_threads, &ctx->pool));
     ctx->kernels = lmoe_kernels_select();
-    lmoe_log(&ctx->logger, LMOE_LOG_INFO, "context: %u tokens, %d threads, kernels %s",
-             ctx->n_ctx, n_threads, ctx->kernels->name);
+    lmoe_log(&ctx->logger, LMOE_LOG_INFO, "context: %u tokens, batches of %u, %d threads, kernels %s",
+             ctx->n_ctx, n_batch, n_threads, ctx->kernels->name);
     return LMOE_OK;
 }
 
@@ -216,7 +223,7 @@ lmoe_status lmoe_context_create(const lmoe_model *model, const lmoe_context_para
                     "only); it can tokenize but not evaluate");
     lmoe_context_params p = context_defaults;
     if (params)
-        FORWARD_IF_ERROR(params_read(&p, sizeof p, params, sizeof context_defaults,
+        FORWARD_IF_ERROR(params_read(&p, sizeof p, params, CONTEXT_PARAMS_MIN_SIZE,
                                      "context params"));
     CHECK_ARG(p.n_threads >= 0 && p.n_threads <= MAX_THREADS,
               "context params: n_threads must be 0 (one per CPU) to %d, got %d", MAX_THREADS,
@@ -310,8 +317,9 @@ lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_toke
                   n_vocab);
     ctx->logits_valid = false;
     lmoe_status st = LMOE_OK;
-    for (size_t i = 0; i < n_tokens && st == LMOE_OK; i += FORWARD_MAX_BATCH) {
-        size_t n = n_tokens - i < FORWARD_MAX_BATCH ? n_tokens - i : FORWARD_MAX_BATCH;
+    size_t n_batch = ctx->state.n_batch;
+    for (size_t i = 0; i < n_tokens && st == LMOE_OK; i += n_batch) {
+        size_t n = n_tokens - i < n_batch ? n_tokens - i : n_batch;
         st = forward_batch(ctx, tokens + i, (uint32_t)n, ctx->n_past + (uint32_t)i,
                            i + n == n_tokens);
     }

@@ -13,24 +13,30 @@
 #include "quant.h"
 #include "threadpool.h"
 
-/* Tokens evaluated together: each weight row is read once per batch rather than once per token,
- * and an expert runs once over all the batch's tokens routed to it. lmoe_eval splits longer
- * inputs into batches of this size. */
-#define FORWARD_MAX_BATCH 32
+/* Tokens evaluated together by default (lmoe_context_params.n_batch): each weight row is read
+ * once per batch rather than once per token, an expert runs once over all the batch's tokens
+ * routed to it, and quantised products become int8 GEMMs, which need many tokens per expert to
+ * reach the machine's arithmetic peak. lmoe_eval splits longer inputs into batches. */
+#define FORWARD_DEFAULT_BATCH 512u
 
 /* Activations of a batch and the KV cache; every buffer is owned by the context. Rows are tokens:
- * "(B, n)" is FORWARD_MAX_BATCH rows of n floats. */
+ * "(B, n)" is n_batch rows of n floats. */
 typedef struct forward_state {
+    uint32_t n_batch;    /* B: most tokens per forward_batch */
     float *x;            /* (B, n_embd) residual stream */
     float *xb;           /* (B, n_embd) normed input / attention output */
     float *xb2;          /* (B, n_embd) projection / FFN output */
     float *q;            /* (B, n_embd) queries of all heads */
     float *hb;           /* (B, n_ff) FFN gate activations, then silu(gate) * up */
     float *hb2;          /* (B, n_ff) FFN up activations */
-    float *att;          /* (n_head, n_ctx) attention scores of one token */
+    float *att;          /* (n_threads, n_ctx) attention scores, one row per thread */
     float *logits;       /* (n_vocab) of the batch's last token */
-    block_q8_0 *x_q8;    /* (B, max(n_embd, n_ff) / 32) activations quantised for Q8_0 / Q4_0
-                            weights */
+    block_q8_0 *x_q8;    /* (max(B, 32), max(n_embd, n_ff) / 32) activations quantised for Q8_0 /
+                            Q4_0 weights */
+    int32_t *x_sums;     /* the same shape: each block's quant sum, for the batched kernels */
+    float *x_scales;     /* the same shape: each block's scale as f32 */
+    void *gemm_scratch;  /* (n_threads, gemm_scratch_stride bytes), 64-byte aligned */
+    size_t gemm_scratch_stride;
     float *key_cache;    /* (n_layer, n_ctx, n_embd_kv), RoPE applied */
     float *value_cache;  /* (n_layer, n_ctx, n_embd_kv) */
     /* MoE only (NULL for dense models) */
@@ -62,9 +68,10 @@ struct lmoe_context {
 };
 
 /* forward.c */
-lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx);
+lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx,
+                               uint32_t n_batch, int n_threads);
 void forward_state_free(forward_state *s);
-/* Runs the transformer on n_tokens (1..FORWARD_MAX_BATCH) tokens at positions pos0.., writing
+/* Runs the transformer on n_tokens (1..state.n_batch) tokens at positions pos0.., writing
  * their keys and values into the cache; computes the last token's logits when want_logits.
  * Returns LMOE_ERR_ABORTED if the abort callback fired between layers. */
 lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t n_tokens,

@@ -17,54 +17,65 @@
 #define PARALLEL_MIN_MACS 32768u
 /* Rows of a weight matrix applied to all tokens of a batch before the next rows are read. */
 #define ROWS_PER_BLOCK 16u
+/* The batched kernels unpack 32 rows at a time: chunks of whole panels waste no unpacking. */
+#define GEMM_ROWS_PER_PANEL 32u
 
 /* ------------------------------------------------------------------------------------------------
  * state
  * ---------------------------------------------------------------------------------------------- */
 
-static float *alloc_rows(size_t width, bool *ok) {
-    float *p = calloc((size_t)FORWARD_MAX_BATCH * width, sizeof(float));
+static float *alloc_rows(size_t rows, size_t width, bool *ok) {
+    float *p = calloc(rows * width, sizeof(float));
     *ok = *ok && p;
     return p;
 }
 
-lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx) {
+lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx,
+                               uint32_t n_batch, int n_threads) {
     memset(s, 0, sizeof *s);
     size_t kv_elems = (size_t)hp->n_layer * n_ctx * hp->n_embd_kv;
     RETURN_ERROR_IF(kv_elems / n_ctx / hp->n_layer != hp->n_embd_kv ||
                         kv_elems > SIZE_MAX / sizeof(float) / 2,
                     LMOE_ERR_INVALID_ARGUMENT, "n_ctx %u is too large for this model", n_ctx);
     bool ok = true;
-    s->x = alloc_rows(hp->n_embd, &ok);
-    s->xb = alloc_rows(hp->n_embd, &ok);
-    s->xb2 = alloc_rows(hp->n_embd, &ok);
-    s->q = alloc_rows(hp->n_embd, &ok);
-    s->hb = alloc_rows(hp->n_ff, &ok);
-    s->hb2 = alloc_rows(hp->n_ff, &ok);
-    s->att = calloc((size_t)hp->n_head * n_ctx, sizeof(float));
-    s->logits = calloc(hp->n_vocab, sizeof(float));
+    size_t B = n_batch;
+    s->n_batch = n_batch;
+    s->x = alloc_rows(B, hp->n_embd, &ok);
+    s->xb = alloc_rows(B, hp->n_embd, &ok);
+    s->xb2 = alloc_rows(B, hp->n_embd, &ok);
+    s->q = alloc_rows(B, hp->n_embd, &ok);
+    s->hb = alloc_rows(B, hp->n_ff, &ok);
+    s->hb2 = alloc_rows(B, hp->n_ff, &ok);
+    s->att = alloc_rows((size_t)n_threads, n_ctx, &ok);
+    s->logits = alloc_rows(1, hp->n_vocab, &ok);
+    /* quantised activations: a batch's rows, or the decode path's per-expert hidden vectors */
     size_t max_cols = hp->n_embd > hp->n_ff ? hp->n_embd : hp->n_ff;
-    s->x_q8 = calloc((size_t)FORWARD_MAX_BATCH * (max_cols / LMOE_QK + 1), sizeof(block_q8_0));
-    ok = ok && s->x_q8;
+    size_t q8_blocks = (B > 32 ? B : 32) * (max_cols / LMOE_QK + 1);
+    s->x_q8 = calloc(q8_blocks, sizeof(block_q8_0));
+    s->x_sums = calloc(q8_blocks, sizeof(int32_t));
+    s->x_scales = calloc(q8_blocks, sizeof(float));
+    s->gemm_scratch_stride = (LMOE_GEMM_SCRATCH_BYTES(max_cols) + 63) / 64 * 64;
+    s->gemm_scratch = aligned_alloc(64, (size_t)n_threads * s->gemm_scratch_stride);
+    ok = ok && s->x_q8 && s->x_sums && s->x_scales && s->gemm_scratch;
     s->key_cache = calloc(kv_elems, sizeof(float));
     s->value_cache = calloc(kv_elems, sizeof(float));
-    ok = ok && s->att && s->logits && s->key_cache && s->value_cache;
+    ok = ok && s->key_cache && s->value_cache;
     if (hp->n_expert) {
-        s->gate_logits = alloc_rows(hp->n_expert, &ok);
-        s->gate_hidden = alloc_rows(hp->n_expert, &ok);
-        s->selected = calloc((size_t)FORWARD_MAX_BATCH * hp->n_expert_used, sizeof(int32_t));
-        s->selected_weights = alloc_rows(hp->n_expert_used, &ok);
-        s->expert_in = alloc_rows(hp->n_embd, &ok);
-        s->expert_out = alloc_rows(hp->n_embd, &ok);
-        s->group = calloc(FORWARD_MAX_BATCH, sizeof(uint32_t));
-        s->group_weights = alloc_rows(1, &ok);
+        s->gate_logits = alloc_rows(B, hp->n_expert, &ok);
+        s->gate_hidden = alloc_rows(B, hp->n_expert, &ok);
+        s->selected = calloc(B * hp->n_expert_used, sizeof(int32_t));
+        s->selected_weights = alloc_rows(B, hp->n_expert_used, &ok);
+        s->expert_in = alloc_rows(B, hp->n_embd, &ok);
+        s->expert_out = alloc_rows(B, hp->n_embd, &ok);
+        s->group = calloc(B, sizeof(uint32_t));
+        s->group_weights = alloc_rows(B, 1, &ok);
         ok = ok && s->selected && s->group;
     }
     if (!ok) {
         forward_state_free(s);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY,
-                          "out of memory for a context of %u tokens (KV cache %zu MiB)", n_ctx,
-                          kv_elems * 2 * sizeof(float) >> 20);
+                          "out of memory for a context of %u tokens (KV cache %zu MiB) and "
+                          "batches of %u", n_ctx, kv_elems * 2 * sizeof(float) >> 20, n_batch);
     }
     return LMOE_OK;
 }
@@ -79,6 +90,9 @@ void forward_state_free(forward_state *s) {
     free(s->att);
     free(s->logits);
     free(s->x_q8);
+    free(s->x_sums);
+    free(s->x_scales);
+    free(s->gemm_scratch);
     free(s->key_cache);
     free(s->value_cache);
     free(s->gate_logits);
@@ -106,6 +120,9 @@ typedef struct matmul_job {
     size_t ldy;
     size_t n_tokens;
     size_t n_cols;
+    lmoe_q8_batch batch;     /* x_q8 with its block sums and scales, for the batched kernels */
+    char *scratch;           /* per thread, scratch_stride bytes apart */
+    size_t scratch_stride;
 } matmul_job;
 
 void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const block_q8_0 *x_q8,
@@ -138,6 +155,18 @@ static void matmul_rows(void *arg, size_t begin, size_t end, int thread_id) {
     }
 }
 
+/* The same with the table's batched kernel (quantised weights, several tokens). */
+static void matmul_rows_gemm(void *arg, size_t begin, size_t end, int thread_id) {
+    const matmul_job *job = arg;
+    void *scratch = job->scratch + (size_t)thread_id * job->scratch_stride;
+    if (job->w.type == GGML_TYPE_Q8_0)
+        job->k->gemm_q8_0(job->w.data, &job->batch, job->y, job->ldy, job->n_cols, begin, end,
+                          scratch);
+    else
+        job->k->gemm_q4_0(job->w.data, &job->batch, job->y, job->ldy, job->n_cols, begin, end,
+                          scratch);
+}
+
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
     size_t row_bytes = n_cols / ggml_type_block_elems(w.type) * ggml_type_block_bytes(w.type);
     w.data = (const char *)w.data + first_row * row_bytes;
@@ -146,21 +175,33 @@ weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
 
 void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
                     size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols) {
-    matmul_job job = {ctx->kernels, w, x, ctx->state.x_q8, ldx, y, ldy, n_tokens, n_cols};
+    forward_state *s = &ctx->state;
+    const lmoe_kernels *k = ctx->kernels;
+    matmul_job job = {k, w, x, s->x_q8, ldx, y, ldy, n_tokens, n_cols, {0}, s->gemm_scratch,
+                      s->gemm_scratch_stride};
+    lmoe_parallel_fn fn = matmul_rows;
+    size_t granule = ROWS_PER_BLOCK; /* rows a chunk is a multiple of */
     if (weight_is_quantised(w)) {
         /* quantise each token's activations once for all rows of this product */
+        size_t n_blocks = n_cols / LMOE_QK;
         for (size_t t = 0; t < n_tokens; t++)
-            ctx->kernels->quantize_q8_0(x + t * ldx, ctx->state.x_q8 + t * (n_cols / LMOE_QK),
-                                        n_cols);
+            k->quantize_q8_0(x + t * ldx, s->x_q8 + t * n_blocks, n_cols);
+        bool batched = n_tokens > 1 && (w.type == GGML_TYPE_Q8_0 ? k->gemm_q8_0 : k->gemm_q4_0);
+        if (batched) {
+            lmoe_q8_0_block_stats(s->x_q8, n_tokens * n_blocks, s->x_sums, s->x_scales);
+            job.batch = (lmoe_q8_batch){s->x_q8, s->x_sums, s->x_scales, n_tokens, n_blocks};
+            fn = matmul_rows_gemm;
+            granule = GEMM_ROWS_PER_PANEL;
+        }
     }
     if (n_rows * n_cols * n_tokens < PARALLEL_MIN_MACS) {
-        matmul_rows(&job, 0, n_rows, 0);
+        fn(&job, 0, n_rows, 0);
         return;
     }
     size_t n_chunks = (size_t)threadpool_n_threads(ctx->pool) * 4;
     size_t chunk = (n_rows + n_chunks - 1) / n_chunks;
-    chunk = (chunk + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK * ROWS_PER_BLOCK;
-    threadpool_parallel_for(ctx->pool, n_rows, chunk, matmul_rows, &job);
+    chunk = (chunk + granule - 1) / granule * granule;
+    threadpool_parallel_for(ctx->pool, n_rows, chunk, fn, &job);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -170,50 +211,57 @@ void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
 typedef struct attention_job {
     lmoe_context *ctx;
     uint32_t layer;
-    uint32_t pos;            /* position of the token */
-    const float *q;          /* (n_embd) its queries */
-    float *out;              /* (n_embd) its attention output */
+    uint32_t pos0;           /* position of the batch's first token */
+    const float *q;          /* (n_tokens, n_embd) their queries */
+    float *out;              /* (n_tokens, n_embd) their attention outputs */
 } attention_job;
 
-/* Causal attention of one token for heads [begin, end): scores against every cached key up to
- * pos, softmax, weighted sum of the cached values. */
+/* Causal attention for items [begin, end) of (token, head) pairs, token-major: scores against
+ * every cached key up to the token's position, softmax, weighted sum of the cached values. */
 static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) {
-    (void)thread_id;
     const attention_job *job = arg;
     lmoe_context *ctx = job->ctx;
     const llama_hparams *hp = &ctx->model->hp;
     const lmoe_kernels *k = ctx->kernels;
     forward_state *s = &ctx->state;
-    uint32_t hd = hp->head_dim, kv_dim = hp->n_embd_kv;
+    uint32_t hd = hp->head_dim, kv_dim = hp->n_embd_kv, dim = hp->n_embd;
     uint32_t heads_per_kv = hp->n_head / hp->n_head_kv;
     size_t layer_offset = (size_t)job->layer * ctx->n_ctx * kv_dim;
     float scale = sqrtf((float)hd);
-    for (size_t h = begin; h < end; h++) {
-        const float *q = job->q + h * hd;
-        float *att = s->att + h * ctx->n_ctx;
+    float *att = s->att + (size_t)thread_id * ctx->n_ctx;
+    for (size_t item = begin; item < end; item++) {
+        size_t t = item / hp->n_head, h = item % hp->n_head;
+        uint32_t pos = job->pos0 + (uint32_t)t;
+        const float *q = job->q + t * dim + h * hd;
         size_t kv_head_offset = (h / heads_per_kv) * hd;
-        for (uint32_t t = 0; t <= job->pos; t++) {
-            const float *key = s->key_cache + layer_offset + (size_t)t * kv_dim + kv_head_offset;
-            att[t] = k->dot_f32(q, key, hd) / scale;
+        for (uint32_t p = 0; p <= pos; p++) {
+            const float *key = s->key_cache + layer_offset + (size_t)p * kv_dim + kv_head_offset;
+            att[p] = k->dot_f32(q, key, hd) / scale;
         }
-        k->softmax(att, job->pos + 1);
-        float *out = job->out + h * hd;
+        k->softmax(att, pos + 1);
+        float *out = job->out + t * dim + h * hd;
         memset(out, 0, hd * sizeof(float));
-        for (uint32_t t = 0; t <= job->pos; t++) {
-            const float *v = s->value_cache + layer_offset + (size_t)t * kv_dim + kv_head_offset;
-            k->axpy(out, att[t], v, hd);
+        for (uint32_t p = 0; p <= pos; p++) {
+            const float *v = s->value_cache + layer_offset + (size_t)p * kv_dim + kv_head_offset;
+            k->axpy(out, att[p], v, hd);
         }
     }
 }
 
-static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos, const float *q,
-                      float *out) {
+/* Attention of n tokens at positions pos0.. (their keys and values already in the cache). */
+static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos0, uint32_t n,
+                      const float *q, float *out) {
     const llama_hparams *hp = &ctx->model->hp;
-    attention_job job = {ctx, layer, pos, q, out};
-    if ((size_t)(pos + 1) * hp->n_embd < PARALLEL_MIN_MACS)
-        attention_heads(&job, 0, hp->n_head, 0);
-    else
-        threadpool_parallel_for(ctx->pool, hp->n_head, 1, attention_heads, &job);
+    attention_job job = {ctx, layer, pos0, q, out};
+    size_t n_items = (size_t)n * hp->n_head;
+    /* multiply-adds: each token reads pos + 1 keys and values of every head */
+    size_t macs = (size_t)n * ((size_t)pos0 + (n + 1) / 2) * hp->n_embd * 2;
+    if (macs < PARALLEL_MIN_MACS)
+        attention_heads(&job, 0, n_items, 0);
+    else /* small chunks: a later token's items cost more than an earlier one's */
+        threadpool_parallel_for(ctx->pool, n_items,
+                                n_items / ((size_t)threadpool_n_threads(ctx->pool) * 16) + 1,
+                                attention_heads, &job);
 }
 
 /* Row `row` of the embedding matrix (n_embd wide) as f32. */
@@ -292,9 +340,9 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
             rope(keys + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, pos0 + t, hp->rope_theta);
         }
 
-        /* per token, causal attention over positions 0..pos into xb (the whole batch's keys are
-         * in the cache already; a token looks only at those up to its own position) */
-        for (uint32_t t = 0; t < n; t++) attention(ctx, il, pos0 + t, s->q + t * dim, s->xb + t * dim);
+        /* causal attention over positions 0..pos into xb (the whole batch's keys are in the
+         * cache already; a token looks only at those up to its own position) */
+        attention(ctx, il, pos0, n, s->q, s->xb);
 
         /* output projection and residual */
         forward_matmul(ctx, l->wo, s->xb, dim, s->xb2, dim, n, dim, dim);

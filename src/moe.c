@@ -125,12 +125,15 @@ static void run_expert(lmoe_context *ctx, const layer_weights *l, uint32_t e, ui
 
 /* Below this many multiply-adds per region the caller does the work alone. */
 #define DECODE_PARALLEL_MIN_MACS 32768u
+/* Most experts per token the decode path takes (forward_state's x_q8 has rows for them); more
+ * go through the batch path. */
+#define DECODE_MAX_SLOTS 32u
 
 typedef struct decode_job {
     lmoe_context *ctx;
     const layer_weights *l;
-    int32_t experts[FORWARD_MAX_BATCH];  /* selected experts in ascending id */
-    float weights[FORWARD_MAX_BATCH];    /* their combine weights */
+    int32_t experts[DECODE_MAX_SLOTS];   /* selected experts in ascending id */
+    float weights[DECODE_MAX_SLOTS];     /* their combine weights */
     uint32_t k;
     const float *x;                      /* (n_embd) the normed input */
     float *out;                          /* (n_embd) */
@@ -213,7 +216,7 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
     forward_state *s = &ctx->state;
     size_t dim = hp->n_embd;
     route(ctx, il, pos0, x, n);
-    if (n == 1 && hp->n_expert_used <= FORWARD_MAX_BATCH) {
+    if (n == 1 && hp->n_expert_used <= DECODE_MAX_SLOTS) {
         decode_experts(ctx, il, x, out);
         return;
     }
