@@ -29,7 +29,8 @@ typedef struct forward_state {
     float *q;            /* (B, n_embd) queries of all heads */
     float *hb;           /* (B, n_ff) FFN gate activations, then silu(gate) * up */
     float *hb2;          /* (B, n_ff) FFN up activations */
-    float *att;          /* (n_threads, n_ctx) attention scores, one row per thread */
+    float *att;          /* (n_threads, att_stride) attention scores, each thread's own */
+    size_t att_stride;   /* LMOE_ATTENTION_BLOCK x n_ctx */
     float *logits;       /* (n_vocab) of the batch's last token */
     block_q8_0 *x_q8;    /* (max(B, 32), max(n_embd, n_ff) / 32) activations quantised for Q8_0 /
                             Q4_0 weights */

@@ -46,7 +46,8 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32
     s->q = alloc_rows(B, hp->n_embd, &ok);
     s->hb = alloc_rows(B, hp->n_ff, &ok);
     s->hb2 = alloc_rows(B, hp->n_ff, &ok);
-    s->att = alloc_rows((size_t)n_threads, n_ctx, &ok);
+    s->att_stride = (size_t)LMOE_ATTENTION_BLOCK * n_ctx;
+    s->att = alloc_rows((size_t)n_threads, s->att_stride, &ok);
     s->logits = alloc_rows(1, hp->n_vocab, &ok);
     /* quantised activations: a batch's rows, or the decode path's per-expert hidden vectors */
     size_t max_cols = hp->n_embd > hp->n_ff ? hp->n_embd : hp->n_ff;
@@ -212,39 +213,40 @@ typedef struct attention_job {
     lmoe_context *ctx;
     uint32_t layer;
     uint32_t pos0;           /* position of the batch's first token */
+    uint32_t n;              /* tokens in the batch */
     const float *q;          /* (n_tokens, n_embd) their queries */
     float *out;              /* (n_tokens, n_embd) their attention outputs */
 } attention_job;
 
-/* Causal attention for items [begin, end) of (token, head) pairs, token-major: scores against
- * every cached key up to the token's position, softmax, weighted sum of the cached values. */
-static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) {
+/* Queries of one head handed to the attention kernel at once. */
+#define ATTENTION_QUERIES_PER_ITEM 16u
+
+/* Causal attention for items [begin, end): item = (head, block of ATTENTION_QUERIES_PER_ITEM
+ * tokens), head-major; each token attends to every cached key up to its own position. */
+static void attention_items(void *arg, size_t begin, size_t end, int thread_id) {
     const attention_job *job = arg;
     lmoe_context *ctx = job->ctx;
     const llama_hparams *hp = &ctx->model->hp;
     const lmoe_kernels *k = ctx->kernels;
     forward_state *s = &ctx->state;
-    uint32_t hd = hp->head_dim, kv_dim = hp->n_embd_kv, dim = hp->n_embd;
-    uint32_t heads_per_kv = hp->n_head / hp->n_head_kv;
+    size_t hd = hp->head_dim, kv_dim = hp->n_embd_kv, dim = hp->n_embd;
+    size_t heads_per_kv = hp->n_head / hp->n_head_kv;
     size_t layer_offset = (size_t)job->layer * ctx->n_ctx * kv_dim;
-    float scale = sqrtf((float)hd);
-    float *att = s->att + (size_t)thread_id * ctx->n_ctx;
+    size_t n_blocks = (job->n + ATTENTION_QUERIES_PER_ITEM - 1) / ATTENTION_QUERIES_PER_ITEM;
+    float *scores = s->att + (size_t)thread_id * s->att_stride;
     for (size_t item = begin; item < end; item++) {
-        size_t t = item / hp->n_head, h = item % hp->n_head;
-        uint32_t pos = job->pos0 + (uint32_t)t;
-        const float *q = job->q + t * dim + h * hd;
-        size_t kv_head_offset = (h / heads_per_kv) * hd;
-        for (uint32_t p = 0; p <= pos; p++) {
-            const float *key = s->key_cache + layer_offset + (size_t)p * kv_dim + kv_head_offset;
-            att[p] = k->dot_f32(q, key, hd) / scale;
-        }
-        k->softmax(att, pos + 1);
-        float *out = job->out + t * dim + h * hd;
-        memset(out, 0, hd * sizeof(float));
-        for (uint32_t p = 0; p <= pos; p++) {
-            const float *v = s->value_cache + layer_offset + (size_t)p * kv_dim + kv_head_offset;
-            k->axpy(out, att[p], v, hd);
-        }
+        size_t h = item / n_blocks, t0 = item % n_blocks * ATTENTION_QUERIES_PER_ITEM;
+        size_t n_q = job->n - t0 < ATTENTION_QUERIES_PER_ITEM ? job->n - t0
+                                                             : ATTENTION_QUERIES_PER_ITEM;
+        size_t kv_offset = layer_offset + (h / heads_per_kv) * hd;
+        const float *q = job->q + t0 * dim + h * hd;
+        float *out = job->out + t0 * dim + h * hd;
+        if (k->attention)
+            k->attention(q, dim, s->key_cache + kv_offset, s->value_cache + kv_offset, kv_dim, out,
+                         dim, hd, job->pos0 + t0, n_q, scores);
+        else
+            lmoe_attention_composed(k, q, dim, s->key_cache + kv_offset, s->value_cache + kv_offset,
+                                    kv_dim, out, dim, hd, job->pos0 + t0, n_q, scores);
     }
 }
 
@@ -252,16 +254,15 @@ static void attention_heads(void *arg, size_t begin, size_t end, int thread_id) 
 static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos0, uint32_t n,
                       const float *q, float *out) {
     const llama_hparams *hp = &ctx->model->hp;
-    attention_job job = {ctx, layer, pos0, q, out};
-    size_t n_items = (size_t)n * hp->n_head;
+    attention_job job = {ctx, layer, pos0, n, q, out};
+    size_t n_items = (size_t)hp->n_head *
+                     ((n + ATTENTION_QUERIES_PER_ITEM - 1) / ATTENTION_QUERIES_PER_ITEM);
     /* multiply-adds: each token reads pos + 1 keys and values of every head */
     size_t macs = (size_t)n * ((size_t)pos0 + (n + 1) / 2) * hp->n_embd * 2;
     if (macs < PARALLEL_MIN_MACS)
-        attention_heads(&job, 0, n_items, 0);
-    else /* small chunks: a later token's items cost more than an earlier one's */
-        threadpool_parallel_for(ctx->pool, n_items,
-                                n_items / ((size_t)threadpool_n_threads(ctx->pool) * 16) + 1,
-                                attention_heads, &job);
+        attention_items(&job, 0, n_items, 0);
+    else /* one item at a time: their costs differ (a later token reads more keys) */
+        threadpool_parallel_for(ctx->pool, n_items, 1, attention_items, &job);
 }
 
 /* Row `row` of the embedding matrix (n_embd wide) as f32. */

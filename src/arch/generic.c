@@ -4,6 +4,7 @@
  * accumulation, rmsnorm's `weight * (scale * x)`, softmax's max / expf / sum / divide), because
  * tests compare our logits and sampled tokens with run.c's. Do not reassociate. */
 #include <math.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "quant.h"
@@ -133,6 +134,31 @@ static void generic_axpy(float *y, float a, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+void lmoe_attention_composed(const lmoe_kernels *k, const float *q, size_t q_stride,
+                             const float *keys, const float *values, size_t kv_stride, float *out,
+                             size_t out_stride, size_t head_dim, size_t pos0, size_t n_q,
+                             float *scores) {
+    float scale = sqrtf((float)head_dim);
+    for (size_t i = 0; i < n_q; i++) {
+        const float *qi = q + i * q_stride;
+        size_t n_keys = pos0 + i + 1;
+        for (size_t p = 0; p < n_keys; p++)
+            scores[p] = k->dot_f32(qi, keys + p * kv_stride, head_dim) / scale;
+        k->softmax(scores, n_keys);
+        float *o = out + i * out_stride;
+        memset(o, 0, head_dim * sizeof(float));
+        for (size_t p = 0; p < n_keys; p++) k->axpy(o, scores[p], values + p * kv_stride, head_dim);
+    }
+}
+
+/* run.c's attention loop, with the kernels above. */
+static void generic_attention(const float *q, size_t q_stride, const float *k, const float *v,
+                              size_t kv_stride, float *out, size_t out_stride, size_t head_dim,
+                              size_t pos0, size_t n_q, float *scores) {
+    lmoe_attention_composed(lmoe_kernels_generic(), q, q_stride, k, v, kv_stride, out, out_stride,
+                            head_dim, pos0, n_q, scores);
+}
+
 static const lmoe_kernels generic_table = {
     .name = "generic",
     .matvec_f32 = generic_matvec_f32,
@@ -146,6 +172,7 @@ static const lmoe_kernels generic_table = {
     .matvec_q8_0 = generic_matvec_q8_0,
     .matvec_q4_0 = generic_matvec_q4_0,
     .quantize_q8_0 = generic_quantize_q8_0,
+    .attention = generic_attention,
 };
 
 const lmoe_kernels *lmoe_kernels_generic(void) { return &generic_table; }

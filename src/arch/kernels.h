@@ -24,6 +24,10 @@ typedef struct lmoe_q8_batch {
     size_t n_blocks;
 } lmoe_q8_batch;
 
+/* Rows of scores an attention kernel keeps at once: its scratch is this many times the number of
+ * keys of the block's last query. */
+#define LMOE_ATTENTION_BLOCK 4
+
 /* Bytes of scratch a batched quantised kernel needs for rows of n_cols columns. */
 #define LMOE_GEMM_SCRATCH_BYTES(n_cols) (((n_cols) / 32) * 1152 + 64)
 
@@ -77,7 +81,26 @@ typedef struct lmoe_kernels {
                       size_t row_begin, size_t row_end, void *scratch);
     void (*gemm_q4_0)(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy, size_t n_cols,
                       size_t row_begin, size_t row_end, void *scratch);
+
+    /* Causal attention of one head for n_q consecutive queries, the first at position pos0: query
+     * i (row i of q, rows q_stride floats apart) attends to keys and values 0 .. pos0 + i (rows of
+     * k and v, kv_stride apart; head_dim floats each): out_i = softmax(q_i . k_p / sqrt(head_dim))
+     * weighted sum of v_p. scores: LMOE_ATTENTION_BLOCK x (pos0 + n_q) floats of scratch. A
+     * query's result may not depend on n_q or its place in the block (prefill and decode must
+     * agree). Generic's is run.c's loop; may be NULL, then the forward pass composes attention
+     * from the table's dot_f32, softmax and axpy. */
+    void (*attention)(const float *q, size_t q_stride, const float *k, const float *v,
+                      size_t kv_stride, float *out, size_t out_stride, size_t head_dim, size_t pos0,
+                      size_t n_q, float *scores);
 } lmoe_kernels;
+
+/* Attention as kernels.h's attention field describes it, composed from k's dot_f32, softmax and
+ * axpy one (query, key) at a time: generic's attention with the generic table (run.c's order),
+ * and what the forward pass uses for a table without an attention kernel. */
+void lmoe_attention_composed(const lmoe_kernels *k, const float *q, size_t q_stride,
+                             const float *keys, const float *values, size_t kv_stride, float *out,
+                             size_t out_stride, size_t head_dim, size_t pos0, size_t n_q,
+                             float *scores);
 
 /* The portable scalar table. */
 const lmoe_kernels *lmoe_kernels_generic(void);
@@ -101,6 +124,10 @@ const char *const *lmoe_kernels_compiled(void);
 const lmoe_kernels *lmoe_kernels_avx2(void);
 const lmoe_kernels *lmoe_kernels_avx512(void);
 const lmoe_kernels *lmoe_kernels_avx512vnni(void);
+/* The avx512 and avx512vnni tables' attention (x86_avx512_attention.c). */
+void lmoe_avx512_attention(const float *q, size_t q_stride, const float *k, const float *v,
+                           size_t kv_stride, float *out, size_t out_stride, size_t head_dim,
+                           size_t pos0, size_t n_q, float *scores);
 /* The avx512vnni table's batched kernels (x86_avx512vnni_gemm.c). */
 void lmoe_avx512vnni_gemm_q8_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
