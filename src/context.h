@@ -32,6 +32,7 @@ typedef struct forward_state {
     float *att;          /* (n_threads, att_stride) attention scores, each thread's own */
     size_t att_stride;   /* LMOE_ATTENTION_BLOCK x n_ctx */
     float *logits;       /* (n_vocab) of the batch's last token */
+    float *rope;         /* (B, head_dim) cos and sin of each token's RoPE angles */
     block_q8_0 *x_q8;    /* (max(B, 32), max(n_embd, n_ff) / 32) activations quantised for Q8_0 /
                             Q4_0 weights */
     int32_t *x_sums;     /* the same shape: each block's quant sum, for the batched kernels */

@@ -49,6 +49,7 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32
     s->att_stride = (size_t)LMOE_ATTENTION_BLOCK * n_ctx;
     s->att = alloc_rows((size_t)n_threads, s->att_stride, &ok);
     s->logits = alloc_rows(1, hp->n_vocab, &ok);
+    s->rope = alloc_rows(B, hp->head_dim, &ok);
     /* quantised activations: a batch's rows, or the decode path's per-expert hidden vectors */
     size_t max_cols = hp->n_embd > hp->n_ff ? hp->n_embd : hp->n_ff;
     size_t q8_blocks = (B > 32 ? B : 32) * (max_cols / LMOE_QK + 1);
@@ -90,6 +91,7 @@ void forward_state_free(forward_state *s) {
     free(s->hb2);
     free(s->att);
     free(s->logits);
+    free(s->rope);
     free(s->x_q8);
     free(s->x_sums);
     free(s->x_scales);
@@ -280,18 +282,28 @@ static void embedding_row(weight_ref table, size_t row, size_t n_embd, float *ou
         memcpy(out, r.data, n_embd * sizeof(float));
 }
 
-/* Rotates adjacent pairs (2i, 2i+1) of each head by pos * theta^(-2i/head_dim): the GGUF llama
- * (and original Meta / llama2.c) layout. */
-static void rope(float *vec, uint32_t n, uint32_t head_dim, uint32_t pos, float theta) {
-    for (uint32_t i = 0; i < n; i += 2) {
-        uint32_t dim_in_head = i % head_dim;
-        float freq = 1.0f / powf(theta, (float)dim_in_head / (float)head_dim);
+/* The rotation of pair i (dimensions 2i, 2i+1 of a head) at position pos: angle pos *
+ * theta^(-2i/head_dim), the GGUF llama (and original Meta / llama2.c) layout. Every head and both
+ * q and k use the same head_dim / 2 angles, so they are computed once per token (the values
+ * are the ones run.c computes for every element). */
+static void rope_angles(float *cos_sin, uint32_t head_dim, uint32_t pos, float theta) {
+    for (uint32_t i = 0; i < head_dim; i += 2) {
+        float freq = 1.0f / powf(theta, (float)i / (float)head_dim);
         float angle = (float)pos * freq;
-        float c = cosf(angle), sn = sinf(angle);
-        float v0 = vec[i], v1 = vec[i + 1];
-        vec[i] = v0 * c - v1 * sn;
-        vec[i + 1] = v0 * sn + v1 * c;
+        cos_sin[i] = cosf(angle);
+        cos_sin[i + 1] = sinf(angle);
     }
+}
+
+/* Rotates adjacent pairs of each head of vec (n floats) by the angles of rope_angles. */
+static void rope(float *vec, uint32_t n, uint32_t head_dim, const float *cos_sin) {
+    for (uint32_t h = 0; h < n; h += head_dim)
+        for (uint32_t i = 0; i < head_dim; i += 2) {
+            float c = cos_sin[i], sn = cos_sin[i + 1];
+            float v0 = vec[h + i], v1 = vec[h + i + 1];
+            vec[h + i] = v0 * c - v1 * sn;
+            vec[h + i + 1] = v0 * sn + v1 * c;
+        }
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -321,6 +333,9 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
     /* token embeddings */
     for (uint32_t t = 0; t < n; t++) embedding_row(m->tok_embd, (size_t)tokens[t], dim, s->x + t * dim);
 
+    for (uint32_t t = 0; t < n; t++)
+        rope_angles(s->rope + (size_t)t * hp->head_dim, hp->head_dim, pos0 + t, hp->rope_theta);
+
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         if (ctx->abort_fn && ctx->abort_fn(ctx->abort_user))
             return lmoe_error(LMOE_ERR_ABORTED, "evaluation aborted by the abort callback");
@@ -337,8 +352,9 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
         forward_matmul(ctx, l->wk, s->xb, dim, keys, kv_dim, n, kv_dim, dim);
         forward_matmul(ctx, l->wv, s->xb, dim, values, kv_dim, n, kv_dim, dim);
         for (uint32_t t = 0; t < n; t++) {
-            rope(s->q + t * dim, (uint32_t)dim, hp->head_dim, pos0 + t, hp->rope_theta);
-            rope(keys + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, pos0 + t, hp->rope_theta);
+            const float *angles = s->rope + (size_t)t * hp->head_dim;
+            rope(s->q + t * dim, (uint32_t)dim, hp->head_dim, angles);
+            rope(keys + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, angles);
         }
 
         /* causal attention over positions 0..pos into xb (the whole batch's keys are in the
