@@ -1,10 +1,12 @@
 /* test_api.c - the promises of include/llamamoe.h that are not about numbers: versions, status
  * text, params structs, model info and metadata, contexts (fill, reset, full), logits lifetime,
  * and lmoe_generate's streaming, stop strings, callbacks and token limit. Runs on stories260K. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "llamamoe.h"
+#include "quantize.h"
 #include "test_util.h"
 
 static void test_version(void) {
@@ -315,6 +317,53 @@ static void test_abort(const lmoe_model *model) {
     lmoe_context_free(ctx);
 }
 
+/* The batch size (lmoe_context_params.n_batch) changes how a prompt is cut into forward passes
+ * and, for quantised weights, whether products run as batched kernels or matvecs: none of it may
+ * change a number. A 45-token prompt evaluated in batches of 1, 4, 7, 16 and the default (all
+ * at once) gives the same logits bit for bit, for f32, q8_0 and q4_0 weights; n_batch larger than
+ * n_ctx is capped, not refused. */
+static void test_batch_sizes(const char *f32_path) {
+    static const char *const types[] = {"f32", "q8_0", "q4_0"};
+    static const ggml_type ggml_types[] = {GGML_TYPE_F32, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+    static const uint32_t batches[] = {0, 1, 4, 7, 16, 100000};
+    lmoe_token ids[45];
+    for (int i = 0; i < 45; i++) ids[i] = (lmoe_token)(i == 0 ? 1 : 259 + (i * 37) % 250);
+    for (int ti = 0; ti < 3; ti++) {
+        char name[64];
+        test_fmt(name, sizeof name, "test_api-stories260K-%s.gguf", types[ti]);
+        const char *path = f32_path;
+        if (ti > 0) {
+            path = test_tmp_path(name);
+            quantize_options qo = {ggml_types[ti], NULL, NULL};
+            CHECK_OK(gguf_quantize(f32_path, path, &qo));
+        }
+        lmoe_model *m = NULL;
+        CHECK_OK(lmoe_model_load(path, NULL, &m));
+        if (!m) continue;
+        float first[512];
+        size_t differing = 0;
+        for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
+            lmoe_context_params cp;
+            lmoe_context_default_params(&cp, sizeof cp);
+            cp.n_ctx = 64, cp.n_threads = 2, cp.n_batch = batches[bi];
+            /* a caller built with the first header, which had no n_batch: the default applies */
+            if (batches[bi] == 0 && ti == 0) cp.struct_size = offsetof(lmoe_context_params, n_batch);
+            lmoe_context *ctx = NULL;
+            CHECK_OK(lmoe_context_create(m, &cp, &ctx));
+            if (!ctx) continue;
+            CHECK_OK(lmoe_eval(ctx, ids, 45));
+            const float *logits = lmoe_logits(ctx);
+            CHECK(logits != NULL);
+            if (logits && bi == 0) memcpy(first, logits, sizeof first);
+            else if (logits) differing += memcmp(first, logits, sizeof first) != 0;
+            lmoe_context_free(ctx);
+        }
+        CHECK_MSG(differing == 0, "%s: %zu batch sizes give logits that differ from one batch",
+                  types[ti], differing);
+        lmoe_model_free(m);
+    }
+}
+
 int main(void) {
     test_version();
     test_status_strings();
@@ -330,6 +379,7 @@ int main(void) {
         test_generate(model);
         test_generate_continues(model);
         test_abort(model);
+        test_batch_sizes(path);
     }
     lmoe_model_free(model);
     return test_finish("test_api");
