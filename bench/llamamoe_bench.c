@@ -47,6 +47,7 @@
 #include "gguf.h"
 #include "llamamoe.h"
 #include "quant.h"
+#include "threadpool.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define BENCH_X86 1
@@ -378,6 +379,8 @@ typedef struct machine_limits {
     double fma[MAX_LIST];     /* flop/s with that many threads at once */
     double dot[MAX_LIST];     /* int8 op/s with that many threads at once; 0 = not measured */
     double fma_core, dot_core; /* one thread alone: the per-core peaks the tables compare with */
+    double region_hot_us[MAX_LIST];  /* one empty parallel region of the library's pool, back to back */
+    double region_cold_us[MAX_LIST]; /* the same after the workers went to sleep */
     const char *bw_kernel, *fma_kernel, *dot_kernel;
     const char *dot_note;
     float (*sum)(const float *, size_t);
@@ -413,6 +416,38 @@ static void measure_bandwidth(const machine_limits *l, int n_threads, double *me
     if (hi) *hi = bytes / t[0];
     free(t);
     free(bw.a);
+}
+
+/* ---- the library's thread pool: what one parallel region costs when it does no work ---- */
+
+static void empty_region(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)arg, (void)begin, (void)end, (void)thread_id;
+}
+
+/* The median cost of one threadpool_parallel_for of n_threads one-item chunks: back to back
+ * (workers spinning: what a decode step's regions pay) and after 20 ms idle (workers asleep on
+ * the condition variable: the first region of a step after the application did other work). */
+static void measure_regions(int n_threads, double *hot_us, double *cold_us) {
+    lmoe_threadpool *pool = NULL;
+    if (threadpool_create(n_threads, &pool) != LMOE_OK) die("cannot start a thread pool");
+    enum { BATCHES = 9, PER_BATCH = 20000, COLD = 25 };
+    double hot[BATCHES], cold[COLD];
+    for (int b = 0; b < BATCHES; b++) {
+        double t0 = now_s();
+        for (int i = 0; i < PER_BATCH; i++)
+            threadpool_parallel_for(pool, (size_t)n_threads, 1, empty_region, NULL);
+        hot[b] = (now_s() - t0) / PER_BATCH;
+    }
+    for (int i = 0; i < COLD; i++) {
+        struct timespec idle = {0, 20 * 1000 * 1000};
+        nanosleep(&idle, NULL);
+        double t0 = now_s();
+        threadpool_parallel_for(pool, (size_t)n_threads, 1, empty_region, NULL);
+        cold[i] = now_s() - t0;
+    }
+    threadpool_free(pool);
+    *hot_us = median(hot, BATCHES) * 1e6;
+    *cold_us = median(cold, COLD) * 1e6;
 }
 
 static void measure_limits(machine_limits *l, double gib, int reps, double peak_seconds) {
@@ -453,6 +488,7 @@ static void measure_limits(machine_limits *l, double gib, int reps, double peak_
         measure_bandwidth(l, nt, &l->bw[c], &l->bw_min[c], &l->bw_max[c]);
         l->fma[c] = nt == 1 ? l->fma_core : measure_peak(&fma, nt, peak_seconds);
         l->dot[c] = !dot.fn ? 0.0 : nt == 1 ? l->dot_core : measure_peak(&dot, nt, peak_seconds);
+        measure_regions(nt, &l->region_hot_us[c], &l->region_cold_us[c]);
         fprintf(stderr, "limits, %d thread%s: read %.1f GB/s, f32 FMA %.0f GFLOP/s, int8 %.0f GOP/s\n",
                 nt, nt == 1 ? "" : "s", l->bw[c] / 1e9, l->fma[c] / 1e9, l->dot[c] / 1e9);
     }
@@ -1108,6 +1144,10 @@ static void print_limits(const machine_limits *l) {
         printf("\n| int8 dot, GOP/s, all threads at once (%s; best of 3) |", l->dot_kernel);
         for (int i = 0; i < l->n_counts; i++) printf(" %.0f |", l->dot[i] / 1e9);
     }
+    printf("\n| thread pool: one empty parallel region, back to back, us (median of 9 x 20000) |");
+    for (int i = 0; i < l->n_counts; i++) printf(" %.2f |", l->region_hot_us[i]);
+    printf("\n| thread pool: one empty parallel region after 20 ms idle, us (median of 25) |");
+    for (int i = 0; i < l->n_counts; i++) printf(" %.1f |", l->region_cold_us[i]);
     printf("\n\nPer-core peaks (one thread): f32 FMA %.0f GFLOP/s", l->fma_core / 1e9);
     if (l->dot_kernel) printf(", int8 dot %.0f GOP/s", l->dot_core / 1e9);
     else printf("; int8 dot: %s", l->dot_note);

@@ -170,6 +170,31 @@ static void matmul_rows_gemm(void *arg, size_t begin, size_t end, int thread_id)
                           scratch);
 }
 
+/* Below this many tokens a product's activations are quantised on the calling thread. */
+#define QUANTIZE_PARALLEL_MIN_TOKENS 16u
+
+typedef struct quantize_job {
+    const lmoe_kernels *k;
+    const float *x;          /* (n_tokens, n_cols; stride ldx) */
+    size_t ldx, n_cols;
+    block_q8_0 *x_q8;        /* (n_tokens, n_cols / 32) out */
+    int32_t *sums;           /* the same shape, or NULL: block sums for the batched kernels */
+    float *scales;           /* the same shape (with sums): block scales as f32 */
+} quantize_job;
+
+/* Tokens [begin, end): quantised, with their block sums and scales when asked for. */
+static void quantize_rows(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const quantize_job *job = arg;
+    size_t n_blocks = job->n_cols / LMOE_QK;
+    for (size_t t = begin; t < end; t++) {
+        block_q8_0 *q = job->x_q8 + t * n_blocks;
+        job->k->quantize_q8_0(job->x + t * job->ldx, q, job->n_cols);
+        if (job->sums)
+            lmoe_q8_0_block_stats(q, n_blocks, job->sums + t * n_blocks, job->scales + t * n_blocks);
+    }
+}
+
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
     size_t row_bytes = n_cols / ggml_type_block_elems(w.type) * ggml_type_block_bytes(w.type);
     w.data = (const char *)w.data + first_row * row_bytes;
@@ -185,13 +210,16 @@ void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
     lmoe_parallel_fn fn = matmul_rows;
     size_t granule = ROWS_PER_BLOCK; /* rows a chunk is a multiple of */
     if (weight_is_quantised(w)) {
-        /* quantise each token's activations once for all rows of this product */
+        /* quantise each token's activations once for all rows of this product (a batch's
+         * tokens on the pool: done on one thread it would cost prefill its 2-thread scaling) */
         size_t n_blocks = n_cols / LMOE_QK;
-        for (size_t t = 0; t < n_tokens; t++)
-            k->quantize_q8_0(x + t * ldx, s->x_q8 + t * n_blocks, n_cols);
         bool batched = n_tokens > 1 && (w.type == GGML_TYPE_Q8_0 ? k->gemm_q8_0 : k->gemm_q4_0);
+        quantize_job q = {k, x, ldx, n_cols, s->x_q8, batched ? s->x_sums : NULL, s->x_scales};
+        if (n_tokens >= QUANTIZE_PARALLEL_MIN_TOKENS)
+            threadpool_parallel_for(ctx->pool, n_tokens, 0, quantize_rows, &q);
+        else
+            quantize_rows(&q, 0, n_tokens, 0);
         if (batched) {
-            lmoe_q8_0_block_stats(s->x_q8, n_tokens * n_blocks, s->x_sums, s->x_scales);
             job.batch = (lmoe_q8_batch){s->x_q8, s->x_sums, s->x_scales, n_tokens, n_blocks};
             fn = matmul_rows_gemm;
             granule = GEMM_ROWS_PER_PANEL;
