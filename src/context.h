@@ -39,8 +39,8 @@ typedef struct forward_state {
     float *x_scales;     /* the same shape: each block's scale as f32 */
     void *gemm_scratch;  /* (n_threads, gemm_scratch_stride bytes), 64-byte aligned */
     size_t gemm_scratch_stride;
-    float *key_cache;    /* (n_layer, n_ctx, n_embd_kv), RoPE applied */
-    float *value_cache;  /* (n_layer, n_ctx, n_embd_kv) */
+    float *key_cache;    /* (n_layer, n_head_kv, n_ctx, head_dim), RoPE applied */
+    float *value_cache;  /* (n_layer, n_head_kv, n_ctx, head_dim) */
     /* MoE only (NULL for dense models) */
     float *gate_logits;  /* (B, n_expert) */
     float *gate_hidden;  /* (B, n_expert) tanh(W1 x) of an MLP gate */

@@ -239,6 +239,27 @@ void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
  * attention
  * ---------------------------------------------------------------------------------------------- */
 
+/* Where position pos of KV head kv_head of a layer starts in the key (and value) cache. The cache
+ * is head-major, (n_layer, n_head_kv, n_ctx, head_dim): the keys a head attends to are one
+ * contiguous run, which the attention kernels stream (position-major rows of n_embd_kv put
+ * each key of a head in another 4 KiB page, and attention over 512 positions ran at half speed). */
+static size_t cache_offset(const lmoe_context *ctx, uint32_t layer, size_t kv_head, size_t pos) {
+    const llama_hparams *hp = &ctx->model->hp;
+    return (((size_t)layer * hp->n_head_kv + kv_head) * ctx->n_ctx + pos) * hp->head_dim;
+}
+
+/* Copies n tokens' rows of src (n, n_embd_kv) into cache at positions pos0.., head by head. */
+static void cache_store(const lmoe_context *ctx, float *cache, uint32_t layer, uint32_t pos0,
+                        const float *src, uint32_t n) {
+    const llama_hparams *hp = &ctx->model->hp;
+    size_t hd = hp->head_dim;
+    for (size_t h = 0; h < hp->n_head_kv; h++) {
+        float *dst = cache + cache_offset(ctx, layer, h, pos0);
+        for (uint32_t t = 0; t < n; t++)
+            memcpy(dst + t * hd, src + (size_t)t * hp->n_embd_kv + h * hd, hd * sizeof(float));
+    }
+}
+
 typedef struct attention_job {
     lmoe_context *ctx;
     uint32_t layer;
@@ -259,24 +280,23 @@ static void attention_items(void *arg, size_t begin, size_t end, int thread_id) 
     const llama_hparams *hp = &ctx->model->hp;
     const lmoe_kernels *k = ctx->kernels;
     forward_state *s = &ctx->state;
-    size_t hd = hp->head_dim, kv_dim = hp->n_embd_kv, dim = hp->n_embd;
+    size_t hd = hp->head_dim, dim = hp->n_embd;
     size_t heads_per_kv = hp->n_head / hp->n_head_kv;
-    size_t layer_offset = (size_t)job->layer * ctx->n_ctx * kv_dim;
     size_t n_blocks = (job->n + ATTENTION_QUERIES_PER_ITEM - 1) / ATTENTION_QUERIES_PER_ITEM;
     float *scores = s->att + (size_t)thread_id * s->att_stride;
     for (size_t item = begin; item < end; item++) {
         size_t h = item / n_blocks, t0 = item % n_blocks * ATTENTION_QUERIES_PER_ITEM;
         size_t n_q = job->n - t0 < ATTENTION_QUERIES_PER_ITEM ? job->n - t0
                                                              : ATTENTION_QUERIES_PER_ITEM;
-        size_t kv_offset = layer_offset + (h / heads_per_kv) * hd;
+        size_t kv_offset = cache_offset(ctx, job->layer, h / heads_per_kv, 0);
         const float *q = job->q + t0 * dim + h * hd;
         float *out = job->out + t0 * dim + h * hd;
         if (k->attention)
-            k->attention(q, dim, s->key_cache + kv_offset, s->value_cache + kv_offset, kv_dim, out,
+            k->attention(q, dim, s->key_cache + kv_offset, s->value_cache + kv_offset, hd, out,
                          dim, hd, job->pos0 + t0, n_q, scores);
         else
             lmoe_attention_composed(k, q, dim, s->key_cache + kv_offset, s->value_cache + kv_offset,
-                                    kv_dim, out, dim, hd, job->pos0 + t0, n_q, scores);
+                                    hd, out, dim, hd, job->pos0 + t0, n_q, scores);
     }
 }
 
@@ -368,22 +388,20 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
         if (ctx->abort_fn && ctx->abort_fn(ctx->abort_user))
             return lmoe_error(LMOE_ERR_ABORTED, "evaluation aborted by the abort callback");
         const layer_weights *l = &m->layers[il];
-        /* this batch's rows of the cache: positions pos0 .. pos0 + n - 1 are contiguous */
-        size_t cache_row = ((size_t)il * ctx->n_ctx + pos0) * kv_dim;
-        float *keys = s->key_cache + cache_row;
-        float *values = s->value_cache + cache_row;
-
-        /* attention: x -> RMSNorm -> q, k, v; RoPE on q and k; k, v into the cache */
+        /* attention: x -> RMSNorm -> q, k, v; RoPE on q and k; k, v into the cache (computed
+         * in xb2, free until the output projection) */
         for (uint32_t t = 0; t < n; t++)
             k->rmsnorm(s->xb + t * dim, s->x + t * dim, l->attn_norm, dim, hp->rms_eps);
         forward_matmul(ctx, l->wq, s->xb, dim, s->q, dim, n, dim, dim);
-        forward_matmul(ctx, l->wk, s->xb, dim, keys, kv_dim, n, kv_dim, dim);
-        forward_matmul(ctx, l->wv, s->xb, dim, values, kv_dim, n, kv_dim, dim);
+        forward_matmul(ctx, l->wk, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
         for (uint32_t t = 0; t < n; t++) {
             const float *angles = s->rope + (size_t)t * hp->head_dim;
             rope(s->q + t * dim, (uint32_t)dim, hp->head_dim, angles);
-            rope(keys + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, angles);
+            rope(s->xb2 + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, angles);
         }
+        cache_store(ctx, s->key_cache, il, pos0, s->xb2, n);
+        forward_matmul(ctx, l->wv, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
+        cache_store(ctx, s->value_cache, il, pos0, s->xb2, n);
 
         /* causal attention over positions 0..pos into xb (the whole batch's keys are in the
          * cache already; a token looks only at those up to its own position) */

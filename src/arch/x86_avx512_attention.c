@@ -7,7 +7,9 @@
  *   - scores: tiles of 4 queries x 4 keys, 16 f32 accumulators over the head's dimensions (each
  *     q and k chunk loaded once per tile), then one transposing reduction turns the 16
  *     accumulators into the 16 scores at once; divided by sqrt(head_dim) as run.c does;
- *   - softmax over each query's keys 0 .. its position (the avx512 table's softmax);
+ *   - softmax over each query's keys 0 .. its position, with a vectorised exp (Cephes' expf
+ *     polynomial on the reduced argument, scaled by 2^n with vscalefps: within 2 ulp, where the
+ *     table's softmax calls libm's expf per element to equal generic's bit for bit);
  *   - output: the weighted sum of value rows in registers, two queries at a time over 64
  *     dimensions, FMA, keys in ascending order.
  * Every (query, key) score and every output is computed by the same operations in the same order
@@ -55,6 +57,45 @@ static ALWAYS_INLINE __m512 reduce16(const __m512 a[16]) {
                               _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
     return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* e^x for x <= 0 (softmax's x - max), NaN in -> NaN out: x = n ln2 + r with |r| <= ln2 / 2 (ln2
+ * split in two for an exact n ln2), e^r by Cephes' degree-7 expf polynomial, times 2^n by
+ * vscalefps (which goes to 0 when e^x underflows). */
+static ALWAYS_INLINE __m512 exp_ps(__m512 x) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* x (n > 0) <- exp(x - max) / sum, in place. */
+static void softmax(float *x, size_t n) {
+    __m512 vmax = _mm512_set1_ps(x[0]);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        vmax = _mm512_mask_max_ps(vmax, m, _mm512_maskz_loadu_ps(m, x + i), vmax);
+    }
+    __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), max));
+        vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+        _mm512_mask_storeu_ps(x + i, m, e);
+    }
+    const __m512 sum = _mm512_set1_ps(_mm512_reduce_add_ps(vsum));
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + i), sum));
+    }
 }
 
 /* scores[r * ld + p] = q_r . k_p / scale for r < n_rows, p < n_keys. */
@@ -122,14 +163,13 @@ void lmoe_avx512_attention(const float *q, size_t q_stride, const float *k, cons
                            size_t kv_stride, float *out, size_t out_stride, size_t head_dim,
                            size_t pos0, size_t n_q, float *scores) {
     const float scale = sqrtf((float)head_dim);
-    const lmoe_kernels *kernels = lmoe_kernels_avx512();
     size_t ld = pos0 + n_q; /* keys of the block's last query: the scores rows' stride */
     for (size_t i0 = 0; i0 < n_q; i0 += TILE_Q) {
         size_t n_rows = n_q - i0 < TILE_Q ? n_q - i0 : TILE_Q;
         const float *qr[TILE_Q];
         for (size_t r = 0; r < TILE_Q; r++) qr[r] = q + (i0 + (r < n_rows ? r : n_rows - 1)) * q_stride;
         tile_scores(qr, n_rows, k, kv_stride, pos0 + i0 + n_rows, head_dim, scale, scores, ld);
-        for (size_t r = 0; r < n_rows; r++) kernels->softmax(scores + r * ld, pos0 + i0 + r + 1);
+        for (size_t r = 0; r < n_rows; r++) softmax(scores + r * ld, pos0 + i0 + r + 1);
         for (size_t r = 0; r < n_rows; r += 2) {
             int pair = r + 1 < n_rows;
             const float *w[2] = {scores + r * ld, scores + (r + pair) * ld};
