@@ -10,8 +10,8 @@
  *   - softmax over each query's keys 0 .. its position, with a vectorised exp (Cephes' expf
  *     polynomial on the reduced argument, scaled by 2^n with vscalefps: within 2 ulp, where the
  *     table's softmax calls libm's expf per element to equal generic's bit for bit);
- *   - output: the weighted sum of value rows in registers, two queries at a time over 64
- *     dimensions, FMA, keys in ascending order.
+ *   - output: the weighted sum of value rows in registers, the tile's 4 queries at a time over
+ *     64 dimensions (each value chunk loaded once for the 4), FMA, keys in ascending order.
  * Every (query, key) score and every output is computed by the same operations in the same order
  * whatever the block size and the query's place in a tile (tiles repeat a row to fill up, and the
  * extra results are dropped), so a token's attention is the same bit for bit evaluated alone
@@ -127,33 +127,37 @@ static void tile_scores(const float *const q[TILE_Q], size_t n_rows, const float
     }
 }
 
-/* out_r[d] = sum over p < n_keys[r] of w_r[p] * v_p[d], for NQ (1 or 2) queries and the chunks
- * [ch0, ch0 + PV_CHUNKS) of the head; n_keys[1] = n_keys[0] + 1 when NQ = 2. */
-static ALWAYS_INLINE void weighted_values(int NQ, const float *const w[2], const size_t n_keys[2],
+/* out_r[d] = sum over p < n_common + r of w_r[p] * v_p[d] for NQ (1..TILE_Q) consecutive queries
+ * and the chunks [ch0, ch0 + PV_CHUNKS) of the head: each value chunk loaded once for all NQ
+ * queries (with fewer, the loop is bound by reading the values). Keys in ascending order for every
+ * query, so a query's result does not depend on NQ. */
+static ALWAYS_INLINE void weighted_values(int NQ, const float *const w[TILE_Q], size_t n_common,
                                           const float *v, size_t kv_stride, size_t head_dim,
-                                          size_t ch0, float *const out[2]) {
-    __m512 acc[2][PV_CHUNKS];
+                                          size_t ch0, float *const out[TILE_Q]) {
+    __m512 acc[TILE_Q][PV_CHUNKS];
     __mmask16 m[PV_CHUNKS];
     size_t n_chunks = (head_dim + 15) / 16 - ch0;
     if (n_chunks > PV_CHUNKS) n_chunks = PV_CHUNKS;
     for (int c = 0; c < PV_CHUNKS; c++) {
         m[c] = (size_t)c < n_chunks ? chunk_mask(head_dim, ch0 + c) : 0;
-        acc[0][c] = acc[1][c] = _mm512_setzero_ps();
+        for (int r = 0; r < NQ; r++) acc[r][c] = _mm512_setzero_ps();
     }
     const float *vp = v + ch0 * 16;
-    for (size_t p = 0; p < n_keys[0]; p++, vp += kv_stride) {
-        __m512 w0 = _mm512_set1_ps(w[0][p]), w1 = _mm512_set1_ps(NQ == 2 ? w[1][p] : 0.0f);
+    for (size_t p = 0; p < n_common; p++, vp += kv_stride) {
+        __m512 wr[TILE_Q];
+        for (int r = 0; r < NQ; r++) wr[r] = _mm512_set1_ps(w[r][p]);
         for (int c = 0; c < PV_CHUNKS; c++) {
             __m512 vv = _mm512_maskz_loadu_ps(m[c], vp + c * 16);
-            acc[0][c] = _mm512_fmadd_ps(w0, vv, acc[0][c]);
-            if (NQ == 2) acc[1][c] = _mm512_fmadd_ps(w1, vv, acc[1][c]);
+            for (int r = 0; r < NQ; r++) acc[r][c] = _mm512_fmadd_ps(wr[r], vv, acc[r][c]);
         }
     }
-    if (NQ == 2) { /* the second query's last key */
-        __m512 w1 = _mm512_set1_ps(w[1][n_keys[0]]);
-        for (int c = 0; c < PV_CHUNKS; c++)
-            acc[1][c] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m[c], vp + c * 16), acc[1][c]);
-    }
+    /* the later queries' last keys: query r has r more than the first */
+    for (int j = 0; j + 1 < NQ; j++, vp += kv_stride)
+        for (int c = 0; c < PV_CHUNKS; c++) {
+            __m512 vv = _mm512_maskz_loadu_ps(m[c], vp + c * 16);
+            for (int r = j + 1; r < NQ; r++)
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(w[r][n_common + j]), vv, acc[r][c]);
+        }
     for (int r = 0; r < NQ; r++)
         for (int c = 0; c < PV_CHUNKS; c++)
             _mm512_mask_storeu_ps(out[r] + (ch0 + c) * 16, m[c], acc[r][c]);
@@ -170,16 +174,20 @@ void lmoe_avx512_attention(const float *q, size_t q_stride, const float *k, cons
         for (size_t r = 0; r < TILE_Q; r++) qr[r] = q + (i0 + (r < n_rows ? r : n_rows - 1)) * q_stride;
         tile_scores(qr, n_rows, k, kv_stride, pos0 + i0 + n_rows, head_dim, scale, scores, ld);
         for (size_t r = 0; r < n_rows; r++) softmax(scores + r * ld, pos0 + i0 + r + 1);
-        for (size_t r = 0; r < n_rows; r += 2) {
-            int pair = r + 1 < n_rows;
-            const float *w[2] = {scores + r * ld, scores + (r + pair) * ld};
-            size_t n_keys[2] = {pos0 + i0 + r + 1, pos0 + i0 + r + 2};
-            float *o[2] = {out + (i0 + r) * out_stride, out + (i0 + r + pair) * out_stride};
-            for (size_t ch0 = 0; ch0 * 16 < head_dim; ch0 += PV_CHUNKS) {
-                if (pair)
-                    weighted_values(2, w, n_keys, v, kv_stride, head_dim, ch0, o);
-                else
-                    weighted_values(1, w, n_keys, v, kv_stride, head_dim, ch0, o);
+        const float *w[TILE_Q];
+        float *o[TILE_Q];
+        for (size_t r = 0; r < TILE_Q; r++) {
+            size_t rr = r < n_rows ? r : n_rows - 1;
+            w[r] = scores + rr * ld;
+            o[r] = out + (i0 + rr) * out_stride;
+        }
+        size_t n_common = pos0 + i0 + 1; /* keys of the tile's first query */
+        for (size_t ch0 = 0; ch0 * 16 < head_dim; ch0 += PV_CHUNKS) {
+            switch (n_rows) {
+            case 1: weighted_values(1, w, n_common, v, kv_stride, head_dim, ch0, o); break;
+            case 2: weighted_values(2, w, n_common, v, kv_stride, head_dim, ch0, o); break;
+            case 3: weighted_values(3, w, n_common, v, kv_stride, head_dim, ch0, o); break;
+            default: weighted_values(TILE_Q, w, n_common, v, kv_stride, head_dim, ch0, o); break;
             }
         }
     }
