@@ -37,6 +37,8 @@ typedef struct forward_state {
                             Q4_0 weights */
     int32_t *x_sums;     /* the same shape: each block's quant sum, for the batched kernels */
     float *x_scales;     /* the same shape: each block's scale as f32 */
+    const float *x_q8_of; /* what x_q8 holds (NULL: unknown): activations at x_q8_of, */
+    size_t x_q8_ldx, x_q8_tokens, x_q8_cols; /* row stride, tokens and columns */
     void *gemm_scratch;  /* (n_threads, gemm_scratch_stride bytes), 64-byte aligned */
     size_t gemm_scratch_stride;
     float *key_cache;    /* (n_layer, n_head_kv, n_ctx, head_dim), RoPE applied */
@@ -87,6 +89,12 @@ void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
  * quantised, used for Q8_0 / Q4_0 weights). One token, on the calling thread. */
 void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const block_q8_0 *x_q8,
                   float *y, size_t n_cols, size_t r0, size_t r1);
+/* forward_matmul for a product whose input is the previous quantised product's, unchanged since
+ * (q, k, v of the same normed rows; an expert's gate and up): x is not quantised again when the
+ * state still holds it. */
+void forward_matmul_same_input(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
+                               float *y, size_t ldy, size_t n_tokens, size_t n_rows,
+                               size_t n_cols);
 bool weight_is_quantised(weight_ref w);
 /* The sub-matrix starting at row first_row of a matrix with n_cols columns. */
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols);

@@ -201,26 +201,42 @@ weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
     return w;
 }
 
-void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
-                    size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols) {
+/* x's quantised form in the state (blocks, and block sums and scales when several tokens), unless
+ * it holds exactly this x already and the caller says x has not changed since. */
+static void quantise_input(lmoe_context *ctx, const float *x, size_t ldx, size_t n_tokens,
+                           size_t n_cols, bool may_reuse) {
+    forward_state *s = &ctx->state;
+    bool stats = n_tokens > 1;
+    if (may_reuse && s->x_q8_of == x && s->x_q8_ldx == ldx && s->x_q8_tokens == n_tokens &&
+        s->x_q8_cols == n_cols)
+        return;
+    /* a batch's tokens on the pool: done on one thread it would cost prefill its 2-thread
+     * scaling */
+    quantize_job q = {ctx->kernels, x, ldx, n_cols, s->x_q8, stats ? s->x_sums : NULL,
+                      s->x_scales};
+    if (n_tokens >= QUANTIZE_PARALLEL_MIN_TOKENS)
+        threadpool_parallel_for(ctx->pool, n_tokens, 0, quantize_rows, &q);
+    else
+        quantize_rows(&q, 0, n_tokens, 0);
+    s->x_q8_of = x, s->x_q8_ldx = ldx, s->x_q8_tokens = n_tokens, s->x_q8_cols = n_cols;
+}
+
+static void matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
+                   size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols, bool may_reuse) {
     forward_state *s = &ctx->state;
     const lmoe_kernels *k = ctx->kernels;
     matmul_job job = {k, w, x, s->x_q8, ldx, y, ldy, n_tokens, n_cols, {0}, s->gemm_scratch,
                       s->gemm_scratch_stride};
     lmoe_parallel_fn fn = matmul_rows;
     size_t granule = ROWS_PER_BLOCK; /* rows a chunk is a multiple of */
+    if (!may_reuse) s->x_q8_of = NULL; /* x may have changed since it was last quantised */
     if (weight_is_quantised(w)) {
-        /* quantise each token's activations once for all rows of this product (a batch's
-         * tokens on the pool: done on one thread it would cost prefill its 2-thread scaling) */
-        size_t n_blocks = n_cols / LMOE_QK;
+        /* each token's activations quantised once for all rows of this product */
+        quantise_input(ctx, x, ldx, n_tokens, n_cols, may_reuse);
         bool batched = n_tokens > 1 && (w.type == GGML_TYPE_Q8_0 ? k->gemm_q8_0 : k->gemm_q4_0);
-        quantize_job q = {k, x, ldx, n_cols, s->x_q8, batched ? s->x_sums : NULL, s->x_scales};
-        if (n_tokens >= QUANTIZE_PARALLEL_MIN_TOKENS)
-            threadpool_parallel_for(ctx->pool, n_tokens, 0, quantize_rows, &q);
-        else
-            quantize_rows(&q, 0, n_tokens, 0);
         if (batched) {
-            job.batch = (lmoe_q8_batch){s->x_q8, s->x_sums, s->x_scales, n_tokens, n_blocks};
+            job.batch = (lmoe_q8_batch){s->x_q8, s->x_sums, s->x_scales, n_tokens,
+                                        n_cols / LMOE_QK};
             fn = matmul_rows_gemm;
             granule = GEMM_ROWS_PER_PANEL;
         }
@@ -233,6 +249,17 @@ void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
     size_t chunk = (n_rows + n_chunks - 1) / n_chunks;
     chunk = (chunk + granule - 1) / granule * granule;
     threadpool_parallel_for(ctx->pool, n_rows, chunk, fn, &job);
+}
+
+void forward_matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, float *y,
+                    size_t ldy, size_t n_tokens, size_t n_rows, size_t n_cols) {
+    matmul(ctx, w, x, ldx, y, ldy, n_tokens, n_rows, n_cols, false);
+}
+
+void forward_matmul_same_input(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx,
+                               float *y, size_t ldy, size_t n_tokens, size_t n_rows,
+                               size_t n_cols) {
+    matmul(ctx, w, x, ldx, y, ldy, n_tokens, n_rows, n_cols, true);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -364,7 +391,7 @@ static void dense_ffn(lmoe_context *ctx, const layer_weights *l, uint32_t n) {
     forward_state *s = &ctx->state;
     size_t dim = hp->n_embd, n_ff = hp->n_ff;
     forward_matmul(ctx, l->ffn_gate, s->xb, dim, s->hb, n_ff, n, n_ff, dim);
-    forward_matmul(ctx, l->ffn_up, s->xb, dim, s->hb2, n_ff, n, n_ff, dim);
+    forward_matmul_same_input(ctx, l->ffn_up, s->xb, dim, s->hb2, n_ff, n, n_ff, dim);
     for (uint32_t t = 0; t < n; t++)
         ctx->kernels->swiglu(s->hb + t * n_ff, s->hb + t * n_ff, s->hb2 + t * n_ff, n_ff);
     forward_matmul(ctx, l->ffn_down, s->hb, n_ff, s->xb2, dim, n, dim, n_ff);
@@ -393,14 +420,14 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
         for (uint32_t t = 0; t < n; t++)
             k->rmsnorm(s->xb + t * dim, s->x + t * dim, l->attn_norm, dim, hp->rms_eps);
         forward_matmul(ctx, l->wq, s->xb, dim, s->q, dim, n, dim, dim);
-        forward_matmul(ctx, l->wk, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
+        forward_matmul_same_input(ctx, l->wk, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
         for (uint32_t t = 0; t < n; t++) {
             const float *angles = s->rope + (size_t)t * hp->head_dim;
             rope(s->q + t * dim, (uint32_t)dim, hp->head_dim, angles);
             rope(s->xb2 + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, angles);
         }
         cache_store(ctx, s->key_cache, il, pos0, s->xb2, n);
-        forward_matmul(ctx, l->wv, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
+        forward_matmul_same_input(ctx, l->wv, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
         cache_store(ctx, s->value_cache, il, pos0, s->xb2, n);
 
         /* causal attention over positions 0..pos into xb (the whole batch's keys are in the

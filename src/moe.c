@@ -113,7 +113,8 @@ static void run_expert(lmoe_context *ctx, const layer_weights *l, uint32_t e, ui
     size_t n_ff = hp->n_ff, dim = hp->n_embd;
     forward_matmul(ctx, weight_rows(l->gate_exps, e * n_ff, dim), s->expert_in, dim, s->hb, n_ff,
                    m, n_ff, dim);
-    forward_matmul(ctx, weight_rows(l->up_exps, e * n_ff, dim), s->expert_in, dim, s->hb2, n_ff,
+    forward_matmul_same_input(ctx, weight_rows(l->up_exps, e * n_ff, dim), s->expert_in, dim,
+                              s->hb2, n_ff,
                    m, n_ff, dim);
     for (uint32_t i = 0; i < m; i++)
         ctx->kernels->swiglu(s->hb + i * n_ff, s->hb + i * n_ff, s->hb2 + i * n_ff, n_ff);
@@ -198,6 +199,7 @@ static void decode_experts(lmoe_context *ctx, uint32_t il, const float *x, float
                 job.weights[job.k++] = s->selected_weights[i];
             }
     const layer_weights *l = job.l;
+    s->x_q8_of = NULL; /* x_q8 is overwritten here, not through forward_matmul */
     if (weight_is_quantised(l->gate_exps) || weight_is_quantised(l->up_exps))
         ctx->kernels->quantize_q8_0(x, s->x_q8, dim);
     run_region(ctx, job.k * n_ff, job.k * n_ff * dim * 2, decode_gate_up, &job);
