@@ -15,7 +15,7 @@
  *     and the 1-row paths do the same operations in the same order), and the f16 / bf16 kernels
  *     equal the f32 kernel on exactly widened weights, bit for bit.
  *   - matvec_q8_0 / matvec_q4_0 compute each block's integer dot exactly and then do generic's
- *     float operations in generic's order (sum += (float)dot * (d_w * d_x), block by block), one
+ *     float operations in generic's order (sum = fma(dot, d_w * d_x, sum), block by block), one
  *     row per lane: the results equal generic's bit for bit. quantize_q8_0 does generic's
  *     rounding steps (max |x|, d = max / 127, id = 1 / d, round half away from zero) and gives
  *     generic's blocks byte for byte.
@@ -243,7 +243,7 @@ static ALWAYS_INLINE void matvec_quantized(const void *w, const void *x_q8, floa
             int32x4_t dot = vpaddq_s32(vpaddq_s32(part[0], part[1]), vpaddq_s32(part[2], part[3]));
             float32x4_t scale = vmulq_f32(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(d_w))),
                                           vdupq_n_f32(half_to_f32(x[b].d)));
-            sum = vaddq_f32(sum, vmulq_f32(vcvtq_f32_s32(dot), scale));
+            sum = vfmaq_f32(sum, vcvtq_f32_s32(dot), scale);
         }
         if (n_rows == 4) {
             vst1q_f32(y + r, sum);

@@ -229,8 +229,8 @@ static void avx2_axpy(float *y, float a, const float *x, size_t n) {
  * Quantised weights (Q8_0, Q4_0) against Q8_0 activations, and the activations' quantisation.
  *
  * Exactness. Every block's integer dot product is computed exactly, and the float part repeats
- * generic's operations in generic's order, lane by lane: per row, sum += (float)dot * (d_w * d_x)
- * over the blocks in order, with no FMA. So matvec_q8_0 / matvec_q4_0 equal generic's results bit
+ * generic's operations in generic's order, lane by lane: per row, sum = fma(dot, d_w * d_x, sum)
+ * over the blocks in order. So matvec_q8_0 / matvec_q4_0 equal generic's results bit
  * for bit (and a row's result cannot depend on the rows computed with it); test_kernels.c checks
  * both the documented tolerance and the bit equality.
  *   - Q8_0 uses the sign trick of vpmaddubsw (unsigned x signed bytes): |w| (0..128, as unsigned)
@@ -340,7 +340,7 @@ static ALWAYS_INLINE void q_group(const char *w0, size_t row_bytes, size_t n_val
         __m256 dot = _mm256_cvtepi32_ps(sum_lanes_8(p)); /* exact: |dot| <= 2^19 */
         __m256 scale = _mm256_mul_ps(row_scales(rows, at),
                                      _mm256_set1_ps(half_to_float(x[b].d)));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(dot, scale));
+        acc = _mm256_fmadd_ps(dot, scale, acc);
     }
     float out[QGROUP];
     _mm256_storeu_ps(out, acc);

@@ -236,7 +236,7 @@ static void avx512_axpy(float *y, float a, const float *x, size_t n) {
  * With VNNI ("avx512vnni", x86_avx512vnni.c compiles this file again with LMOE_AVX512_VNNI), the
  * kernels below. Exactness, as in x86_avx2.c: every block's integer dot product is exact, and the
  * float part is generic's, lane by lane and in generic's order (per row,
- * sum += (float)dot * (d_w * d_x) block after block, no FMA), so matvec_q8_0 / matvec_q4_0 equal
+ * sum = fma(dot, d_w * d_x, sum) block after block), so matvec_q8_0 / matvec_q4_0 equal
  * generic's results bit for bit; test_kernels.c checks it.
  *   - vpdpbusd adds 4 products of unsigned and signed bytes straight into an int32 lane, without
  *     saturation. Q8_0 biases the weights to unsigned, w + 128 = w ^ 0x80 (0..255), and starts the
@@ -378,10 +378,13 @@ static ALWAYS_INLINE void q_group(const char *w0, size_t row_bytes, size_t n_val
         __m128 dx2 = _mm_setr_ps(half_to_float(x[b].d), two ? half_to_float(x[b + 1].d) : 0.0f,
                                  0.0f, 0.0f);
         __m512 dx = _mm512_permutexvar_ps(x_scale_lanes, _mm512_castps128_ps512(dx2));
-        __m512 term = _mm512_mul_ps(dot, _mm512_mul_ps(dw, dx));
-        acc = _mm512_add_ps(acc, term); /* block b */
-        if (two) /* block b + 1, moved to chunks 0 and 2 */
-            acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(term, term, _MM_SHUFFLE(3, 3, 1, 1)));
+        __m512 scale = _mm512_mul_ps(dw, dx);
+        acc = _mm512_fmadd_ps(dot, scale, acc); /* block b (chunks 0 and 2 are the ones kept) */
+        if (two) { /* block b + 1, moved to chunks 0 and 2 */
+            const int up = _MM_SHUFFLE(3, 3, 1, 1);
+            acc = _mm512_fmadd_ps(_mm512_shuffle_f32x4(dot, dot, up),
+                                  _mm512_shuffle_f32x4(scale, scale, up), acc);
+        }
     }
     float out[2 * QGROUP];
     _mm512_storeu_ps(out, acc);

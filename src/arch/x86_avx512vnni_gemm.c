@@ -15,8 +15,8 @@
  * Exactness: vpdpbusd multiplies unsigned by signed bytes. The panel stores Q8_0 weights biased
  * to unsigned (w + 128) and Q4_0's nibbles q as they are (0..15); each lane starts at -128 (or -8)
  * times the block's sum of x quants, so it ends at the exact integer dot product, as in the matvec
- * kernels. The float part is generic's, per row and token: sum += (float)dot * (d_w * d_x), block
- * after block, no FMA. So every output equals matvec_q8_0 / matvec_q4_0 of x86_avx512.c (and
+ * kernels. The float part is generic's, per row and token: sum = fma(dot, d_w * d_x, sum), block
+ * after block. So every output equals matvec_q8_0 / matvec_q4_0 of x86_avx512.c (and
  * generic.c) bit for bit, whatever the number of tokens or rows; test_kernels.c checks it. */
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -158,7 +158,7 @@ static ALWAYS_INLINE void tile(const uint8_t *panel, const lmoe_q8_batch *x, siz
             for (int t = 0; t < NT; t++) {
                 __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b]));
                 __m512 dot = _mm512_cvtepi32_ps(acc[g][t]); /* exact: |dot| <= 2^19 */
-                sum[g][t] = _mm512_add_ps(sum[g][t], _mm512_mul_ps(dot, scale));
+                sum[g][t] = _mm512_fmadd_ps(dot, scale, sum[g][t]);
             }
         }
     }
