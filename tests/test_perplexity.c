@@ -7,8 +7,9 @@
  *     separately written scoring) within 1e-4 relative, with the default window and with
  *     -c 100 --chunk 3; the token counts agree;
  *   - f32 perplexity is low (measured 2.2066 on the generic, AVX2 and AVX-512 kernels);
- *     q8_0 within 1% of it (measured +0.19..+0.25%), bf16 and f16 within 0.5% (measured +0.029%
- *     and +0.002%), q4_0 within 15% (measured +11.52% AVX2/AVX-512, +11.58% generic; see below);
+ *     q8_0 within 1% of it (measured +0.18..+0.19%), bf16 and f16 within 0.5% (measured +0.029%
+ *     and +0.002%), q4_0 within 15% (measured +11.50..+11.56% on the generic, AVX2 and AVX-512
+ *     tables; see below);
  *   - greedy generation from BOS (llamamoe-cli -n 256 --temp 0 -t 1) is compared with run.c's
  *     "greedy, no prompt" text: the byte offset and token index of the first difference are
  *     printed for each type (docs/PERFORMANCE.md, "Quantisation quality"); f32 must not differ;
@@ -30,7 +31,7 @@
 #define F32_PPL_MAX 2.3
 #define TOOL_VS_API_REL 1e-4
 /* q4_0 (16 levels, one scale per 32 weights, applied to every matrix, the shared embedding /
- * classifier included) measured +11.52% here (AVX2, AVX-512) and +11.58% (generic): a 260K-
+ * classifier included) measured +11.50..+11.56% here (generic, AVX2, AVX-512): a 260K-
  * parameter model has little redundancy to absorb 4-bit rounding, and its greedy text departs from
  * run.c's after 27 tokens. 15% is 1.3x the measured cost: room for kernel tables that round
  * activations differently, while a q4_0 path that lost a third more accuracy would fail. */
