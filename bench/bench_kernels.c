@@ -15,7 +15,12 @@
  * Then the batched (prefill) products: W (N_ROWS, N_COLS) in Q8_0 / Q4_0 times 8, 32 and 128
  * tokens, with each table's gemm kernel where it has one and, for comparison, its matvec token by
  * token over blocks of 16 rows (what the forward pass does without a gemm kernel); GOP/s counts
- * 2 ops per multiply-add, to set against llamamoe-bench's measured int8 peak. */
+ * 2 ops per multiply-add, to set against llamamoe-bench's measured int8 peak.
+ *
+ * Last, attention (kernels.h's attention field): one head of 128 dimensions over a 512-token
+ * prompt, queries in blocks of 16 at positions 0..511 as prefill calls it, keys and values in the
+ * cache's head-major layout; GFLOP/s counts the scores and the weighted sums (2 x 2 x 131,328 x
+ * 128 flops), against the f32 FMA peak. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,6 +265,50 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
     free(x), free(y), free(xq), free(sums), free(scales), free(scratch);
 }
 
+/* Causal attention of one 128-wide head over 512 positions, queries in blocks of 16. */
+static void bench_attention(int repeats) {
+    enum { N = 512, HD = 128, BLOCK = 16 };
+    float *q = malloc((size_t)N * HD * sizeof *q), *k = malloc((size_t)N * HD * sizeof *k);
+    float *v = malloc((size_t)N * HD * sizeof *v), *o = malloc((size_t)N * HD * sizeof *o);
+    float *scores = malloc((size_t)LMOE_ATTENTION_BLOCK * N * sizeof *scores);
+    if (!q || !k || !v || !o || !scores) {
+        fprintf(stderr, "bench_kernels: out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < (size_t)N * HD; i++) {
+        q[i] = (float)(i % 13) * 0.01f, k[i] = (float)(i % 7) * 0.02f, v[i] = (float)(i % 5) * 0.1f;
+    }
+    double flops = 2.0 * 2.0 * (N * (N + 1) / 2.0) * HD;
+    printf("attention, one head of %d over %d positions, queries in blocks of %d, 1 thread "
+           "(median of %d)\n", HD, N, BLOCK, repeats);
+    for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
+        const lmoe_kernels *kt = lmoe_kernels_by_name(*name);
+        if (kt == NULL) continue;
+        double per_call[100];
+        for (int r = 0; r < repeats; r++) {
+            size_t calls = 0;
+            double t0 = now_s(), elapsed;
+            do {
+                for (size_t t = 0; t < N; t += BLOCK) {
+                    if (kt->attention)
+                        kt->attention(q + t * HD, HD, k, v, HD, o + t * HD, HD, HD, t, BLOCK, scores);
+                    else
+                        lmoe_attention_composed(kt, q + t * HD, HD, k, v, HD, o + t * HD, HD, HD, t,
+                                                BLOCK, scores);
+                }
+                calls++;
+                elapsed = now_s() - t0;
+            } while (elapsed < 0.2);
+            per_call[r] = elapsed / (double)calls;
+        }
+        qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
+        double sec = per_call[repeats / 2];
+        printf("  %-10s %8.3f ms %8.1f GFLOP/s%s\n", kt->name, sec * 1e3, flops / sec * 1e-9,
+               kt->attention ? "" : " (composed from dot_f32, softmax, axpy)");
+    }
+    free(q), free(k), free(v), free(o), free(scores);
+}
+
 int main(int argc, char **argv) {
     size_t n_rows = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) : 4096;
     size_t n_cols = argc > 2 ? (size_t)strtoull(argv[2], NULL, 10) : 4096;
@@ -271,5 +320,6 @@ int main(int argc, char **argv) {
     bench_size(n_rows, n_cols, repeats);
     if (argc <= 2) bench_size(256, 1024, repeats); /* 1 MiB in f32: cache-resident */
     if (n_cols % LMOE_QK == 0) bench_batched(n_rows, n_cols, repeats);
+    bench_attention(repeats);
     return 0;
 }
