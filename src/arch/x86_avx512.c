@@ -380,11 +380,9 @@ static ALWAYS_INLINE void q_group(const char *w0, size_t row_bytes, size_t n_val
         __m512 dx = _mm512_permutexvar_ps(x_scale_lanes, _mm512_castps128_ps512(dx2));
         __m512 scale = _mm512_mul_ps(dw, dx);
         acc = _mm512_fmadd_ps(dot, scale, acc); /* block b (chunks 0 and 2 are the ones kept) */
-        if (two) { /* block b + 1, moved to chunks 0 and 2 */
-            const int up = _MM_SHUFFLE(3, 3, 1, 1);
-            acc = _mm512_fmadd_ps(_mm512_shuffle_f32x4(dot, dot, up),
-                                  _mm512_shuffle_f32x4(scale, scale, up), acc);
-        }
+        if (two) /* block b + 1, moved to chunks 0 and 2 */
+            acc = _mm512_fmadd_ps(_mm512_shuffle_f32x4(dot, dot, _MM_SHUFFLE(3, 3, 1, 1)),
+                                  _mm512_shuffle_f32x4(scale, scale, _MM_SHUFFLE(3, 3, 1, 1)), acc);
     }
     float out[2 * QGROUP];
     _mm512_storeu_ps(out, acc);
