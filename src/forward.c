@@ -385,6 +385,38 @@ static void rope(float *vec, uint32_t n, uint32_t head_dim, const float *cos_sin
  * the forward pass
  * ---------------------------------------------------------------------------------------------- */
 
+/* Below this many tokens the per-token steps run on the calling thread. */
+#define TOKEN_PARALLEL_MIN 16u
+
+typedef struct token_job {
+    lmoe_context *ctx;
+    const float *add;        /* (n, n_embd) added to the residual first, or NULL */
+    const float *norm;       /* RMSNorm weight: xb = rmsnorm(x) after, or NULL */
+} token_job;
+
+static void token_rows(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const token_job *job = arg;
+    const llama_hparams *hp = &job->ctx->model->hp;
+    const lmoe_kernels *k = job->ctx->kernels;
+    forward_state *s = &job->ctx->state;
+    size_t dim = hp->n_embd;
+    for (size_t t = begin; t < end; t++) {
+        if (job->add) k->axpy(s->x + t * dim, 1.0f, job->add + t * dim, dim);
+        if (job->norm) k->rmsnorm(s->xb + t * dim, s->x + t * dim, job->norm, dim, hp->rms_eps);
+    }
+}
+
+/* For each of n tokens: x += add (when given), then xb = RMSNorm(x) * norm (when given). Done on
+ * the pool for a batch (on one thread these steps cost prefill part of its 2-thread scaling). */
+static void residual_and_norm(lmoe_context *ctx, uint32_t n, const float *add, const float *norm) {
+    token_job job = {ctx, add, norm};
+    if (n >= TOKEN_PARALLEL_MIN)
+        threadpool_parallel_for(ctx->pool, n, 0, token_rows, &job);
+    else
+        token_rows(&job, 0, n, 0);
+}
+
 /* Dense FFN of the batch: xb2 = w2(silu(w1 xb) * (w3 xb)). */
 static void dense_ffn(lmoe_context *ctx, const layer_weights *l, uint32_t n) {
     const llama_hparams *hp = &ctx->model->hp;
@@ -417,8 +449,7 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
         const layer_weights *l = &m->layers[il];
         /* attention: x -> RMSNorm -> q, k, v; RoPE on q and k; k, v into the cache (computed
          * in xb2, free until the output projection) */
-        for (uint32_t t = 0; t < n; t++)
-            k->rmsnorm(s->xb + t * dim, s->x + t * dim, l->attn_norm, dim, hp->rms_eps);
+        residual_and_norm(ctx, n, NULL, l->attn_norm);
         forward_matmul(ctx, l->wq, s->xb, dim, s->q, dim, n, dim, dim);
         forward_matmul_same_input(ctx, l->wk, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
         for (uint32_t t = 0; t < n; t++) {
@@ -436,16 +467,14 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
 
         /* output projection and residual */
         forward_matmul(ctx, l->wo, s->xb, dim, s->xb2, dim, n, dim, dim);
-        for (uint32_t t = 0; t < n; t++) k->axpy(s->x + t * dim, 1.0f, s->xb2 + t * dim, dim);
+        residual_and_norm(ctx, n, s->xb2, l->ffn_norm);
 
         /* FFN on the normed residual: dense, or the experts the gate selects (moe.c); residual */
-        for (uint32_t t = 0; t < n; t++)
-            k->rmsnorm(s->xb + t * dim, s->x + t * dim, l->ffn_norm, dim, hp->rms_eps);
         if (hp->n_expert)
             moe_ffn(ctx, il, pos0, s->xb, s->xb2, n);
         else
             dense_ffn(ctx, l, n);
-        for (uint32_t t = 0; t < n; t++) k->axpy(s->x + t * dim, 1.0f, s->xb2 + t * dim, dim);
+        residual_and_norm(ctx, n, s->xb2, NULL);
     }
 
     if (!want_logits) return LMOE_OK;

@@ -211,6 +211,25 @@ static void decode_experts(lmoe_context *ctx, uint32_t il, const float *x, float
     for (uint32_t slot = 0; slot < job.k; slot++) counts[job.experts[slot]]++;
 }
 
+/* Below this many gathered tokens an expert's scatter-add runs on the calling thread. */
+#define SCATTER_PARALLEL_MIN 16u
+
+typedef struct scatter_job {
+    lmoe_context *ctx;
+    float *out;              /* (n_tokens, n_embd) */
+} scatter_job;
+
+/* Gathered rows [begin, end) of expert_out, weighted, added to their tokens' rows of out. */
+static void scatter_rows(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const scatter_job *job = arg;
+    forward_state *s = &job->ctx->state;
+    size_t dim = job->ctx->model->hp.n_embd;
+    for (size_t i = begin; i < end; i++)
+        job->ctx->kernels->axpy(job->out + (size_t)s->group[i] * dim, s->group_weights[i],
+                                s->expert_out + i * dim, dim);
+}
+
 void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, float *out,
              uint32_t n) {
     const llama_hparams *hp = &ctx->model->hp;
@@ -228,10 +247,13 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
         uint32_t m = gather(ctx, e, x, n);
         if (m == 0) continue;
         run_expert(ctx, l, e, m);
-        /* scatter-add: each token's out gains weight * this expert's output */
-        for (uint32_t i = 0; i < m; i++)
-            ctx->kernels->axpy(out + (size_t)s->group[i] * dim, s->group_weights[i],
-                               s->expert_out + (size_t)i * dim, dim);
+        /* scatter-add: each token's out gains weight * this expert's output (a token is in an
+         * expert's group at most once, so the rows are distinct and can go to the pool) */
+        scatter_job job = {ctx, out};
+        if (m >= SCATTER_PARALLEL_MIN)
+            threadpool_parallel_for(ctx->pool, m, 0, scatter_rows, &job);
+        else
+            scatter_rows(&job, 0, m, 0);
         counts[e] += m;
     }
 }
