@@ -283,9 +283,8 @@ LMOE_API const lmoe_model *lmoe_context_model(const lmoe_context *ctx);
  * once per batch, and an MoE expert runs once over all the batch's tokens routed to it; the numbers
  * are the same as one token at a time. If the tokens do not fit, returns LMOE_ERR_CONTEXT_FULL and
  * changes nothing. A token id outside the vocabulary gives LMOE_ERR_INVALID_ARGUMENT and changes
- * nothing. After an abort
- * (LMOE_ERR_ABORTED) the context holds the tokens it held before the call, and lmoe_logits
- * returns NULL until the next successful eval. */
+ * nothing. After an abort (LMOE_ERR_ABORTED) the context holds the tokens it held before the
+ * call, and lmoe_logits returns NULL until the next successful eval. */
 LMOE_API lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_tokens);
 
 /* METHOD: lmoe_context. The n_vocab logits computed by the last successful lmoe_eval, or NULL if
