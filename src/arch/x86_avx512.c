@@ -337,10 +337,12 @@ static ALWAYS_INLINE float half_to_float(uint16_t h) {
 /* y[0 .. n_valid) = rows . x for the rows starting at w0, row_bytes apart (n_valid <= 8; the
  * other lanes repeat the last row). The group reads its 8 rows as 8 short streams (a Q4_0 row of
  * 4096 is 2304 bytes), too short for the hardware prefetcher to get ahead of: while it works, it
- * prefetches the next group's bytes (contiguous, right after its own), a share per block pair. */
+ * prefetches the bytes of the next group (Q4_0) or of the one after it (Q8_0, whose groups take
+ * twice as long to read: 6.57 -> 6.77 tokens/s at 4/16 with 2 threads), a share per block pair,
+ * into L2 (into L1 the prefetches stalled on the fill buffers). */
 static ALWAYS_INLINE void q_group(const char *w0, size_t row_bytes, size_t n_valid,
                                   const block_q8_0 *x, size_t n_blocks, int q4, float *y) {
-    const char *next = w0 + QGROUP * row_bytes;
+    const char *next = w0 + (q4 ? 1 : 2) * QGROUP * row_bytes;
     const size_t prefetch_per_pair = 2 * QGROUP * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
     const size_t block_bytes = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
     const char *rows[QGROUP];
