@@ -234,7 +234,6 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
              uint32_t n) {
     const llama_hparams *hp = &ctx->model->hp;
     const layer_weights *l = &ctx->model->layers[il];
-    forward_state *s = &ctx->state;
     size_t dim = hp->n_embd;
     route(ctx, il, pos0, x, n);
     if (n == 1 && hp->n_expert_used <= DECODE_MAX_SLOTS) {
