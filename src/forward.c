@@ -201,19 +201,21 @@ weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
     return w;
 }
 
-/* x's quantised form in the state (blocks, and block sums and scales when several tokens), unless
+/* x's quantised form in the state (blocks, and block sums and scales for a batched kernel), unless
  * it holds exactly this x already and the caller says x has not changed since. */
 static void quantise_input(lmoe_context *ctx, const float *x, size_t ldx, size_t n_tokens,
                            size_t n_cols, bool may_reuse) {
     forward_state *s = &ctx->state;
-    bool stats = n_tokens > 1;
+    const lmoe_kernels *k = ctx->kernels;
+    /* block sums and scales only for a table's batched kernel (either type: the rows may be
+     * reused by a product of the other one) */
+    bool stats = n_tokens > 1 && (k->gemm_q8_0 || k->gemm_q4_0);
     if (may_reuse && s->x_q8_of == x && s->x_q8_ldx == ldx && s->x_q8_tokens == n_tokens &&
         s->x_q8_cols == n_cols)
         return;
     /* a batch's tokens on the pool: done on one thread it would cost prefill its 2-thread
      * scaling */
-    quantize_job q = {ctx->kernels, x, ldx, n_cols, s->x_q8, stats ? s->x_sums : NULL,
-                      s->x_scales};
+    quantize_job q = {k, x, ldx, n_cols, s->x_q8, stats ? s->x_sums : NULL, s->x_scales};
     if (n_tokens >= QUANTIZE_PARALLEL_MIN_TOKENS)
         threadpool_parallel_for(ctx->pool, n_tokens, 0, quantize_rows, &q);
     else
@@ -345,16 +347,7 @@ static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos0, uint32_t
 /* Row `row` of the embedding matrix (n_embd wide) as f32. */
 static void embedding_row(weight_ref table, size_t row, size_t n_embd, float *out) {
     weight_ref r = weight_rows(table, row, n_embd);
-    if (r.type == GGML_TYPE_Q8_0)
-        lmoe_dequantize_row_q8_0(r.data, out, n_embd);
-    else if (r.type == GGML_TYPE_Q4_0)
-        lmoe_dequantize_row_q4_0(r.data, out, n_embd);
-    else if (r.type == GGML_TYPE_F16)
-        lmoe_f16_row_to_f32(r.data, out, n_embd);
-    else if (r.type == GGML_TYPE_BF16)
-        lmoe_bf16_row_to_f32(r.data, out, n_embd);
-    else
-        memcpy(out, r.data, n_embd * sizeof(float));
+    lmoe_row_to_f32(r.type, r.data, out, n_embd);
 }
 
 /* The rotation of pair i (dimensions 2i, 2i+1 of a head) at position pos: angle pos *

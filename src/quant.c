@@ -137,3 +137,29 @@ void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n) {
         }
     }
 }
+
+void lmoe_row_to_f32(ggml_type type, const void *src, float *dst, size_t n) {
+    switch (type) {
+    case GGML_TYPE_F32: memcpy(dst, src, n * sizeof(float)); break;
+    case GGML_TYPE_F16: lmoe_f16_row_to_f32(src, dst, n); break;
+    case GGML_TYPE_BF16: lmoe_bf16_row_to_f32(src, dst, n); break;
+    case GGML_TYPE_Q8_0: lmoe_dequantize_row_q8_0(src, dst, n); break;
+    case GGML_TYPE_Q4_0: lmoe_dequantize_row_q4_0(src, dst, n); break;
+    default: break;
+    }
+}
+
+void lmoe_row_from_f32(ggml_type type, const float *src, void *dst, size_t n) {
+    switch (type) {
+    case GGML_TYPE_F32: memcpy(dst, src, n * sizeof(float)); break;
+    case GGML_TYPE_F16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_f16(src[i]);
+        break;
+    case GGML_TYPE_BF16:
+        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_bf16(src[i]);
+        break;
+    case GGML_TYPE_Q8_0: lmoe_quantize_row_q8_0(src, dst, n); break;
+    case GGML_TYPE_Q4_0: lmoe_quantize_row_q4_0(src, dst, n); break;
+    default: break;
+    }
+}

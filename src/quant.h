@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "gguf.h"
+
 /* bfloat16 is the top half of an f32: widening is exact. */
 static inline float lmoe_bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -47,6 +49,11 @@ void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n);
 /* For each of n_blocks Q8_0 blocks, the sum of its 32 quants and its scale as f32: what the batched
  * quantised kernels (kernels.h, lmoe_q8_batch) read for the activations. */
 void lmoe_q8_0_block_stats(const block_q8_0 *x, size_t n_blocks, int32_t *sums, float *scales);
+
+/* n elements (whole blocks) of a row of a weight type the library binds (f32, f16, bf16, q8_0,
+ * q4_0) to f32, and from f32 with the reference rounding. Other types leave dst untouched. */
+void lmoe_row_to_f32(ggml_type type, const void *src, float *dst, size_t n);
+void lmoe_row_from_f32(ggml_type type, const float *src, void *dst, size_t n);
 
 /* Widen n elements of a weight row of the given 16-bit type to f32. */
 void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n);

@@ -68,29 +68,9 @@ static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, u
 static void source_row(const gguf_tensor *t, uint64_t r, float *out) {
     size_t n = (size_t)t->ne[0];
     size_t row_bytes = n / ggml_type_block_elems(t->type) * ggml_type_block_bytes(t->type);
-    const void *p = (const char *)t->data + r * row_bytes;
-    switch (t->type) {
-    case GGML_TYPE_F32: memcpy(out, p, n * sizeof(float)); break;
-    case GGML_TYPE_F16: lmoe_f16_row_to_f32(p, out, n); break;
-    case GGML_TYPE_BF16: lmoe_bf16_row_to_f32(p, out, n); break;
-    case GGML_TYPE_Q8_0: lmoe_dequantize_row_q8_0(p, out, n); break;
-    case GGML_TYPE_Q4_0: lmoe_dequantize_row_q4_0(p, out, n); break;
-    }
+    lmoe_row_to_f32(t->type, (const char *)t->data + r * row_bytes, out, n);
 }
 
-static void write_row(ggml_type type, const float *row, void *dst, size_t n) {
-    switch (type) {
-    case GGML_TYPE_F32: memcpy(dst, row, n * sizeof(float)); break;
-    case GGML_TYPE_F16:
-        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_f16(row[i]);
-        break;
-    case GGML_TYPE_BF16:
-        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_bf16(row[i]);
-        break;
-    case GGML_TYPE_Q8_0: lmoe_quantize_row_q8_0(row, dst, n); break;
-    case GGML_TYPE_Q4_0: lmoe_quantize_row_q4_0(row, dst, n); break;
-    }
-}
 
 static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
     const out_tensor *o = user;
@@ -106,7 +86,7 @@ static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
             memset(row, 0, out_cols * sizeof(float));
             /* padded neurons (rows past the source's) stay zero */
             if (r < o->src->ne[1]) source_row(o->src, m * o->src->ne[1] + r, row);
-            write_row(o->type, row, (char *)dst + (m * rows_per_matrix + r) * out_row_bytes,
+            lmoe_row_from_f32(o->type, row, (char *)dst + (m * rows_per_matrix + r) * out_row_bytes,
                       out_cols);
         }
     }
