@@ -10,18 +10,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "llamamoe.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) {
@@ -55,20 +47,20 @@ int main(int argc, char **argv) {
     double prompt_s[100], decode_s[100];
     for (int r = 0; r < repeats && st == LMOE_OK; r++) {
         lmoe_context_reset(ctx);
-        double t0 = now_s();
+        double t0 = bench_now();
         st = lmoe_eval(ctx, tokens, (size_t)n_tokens);
-        prompt_s[r] = now_s() - t0;
+        prompt_s[r] = bench_now() - t0;
         lmoe_context_reset(ctx);
-        t0 = now_s();
+        t0 = bench_now();
         for (int i = 0; i < n_tokens && st == LMOE_OK; i++) st = lmoe_eval(ctx, &tokens[i], 1);
-        decode_s[r] = now_s() - t0;
+        decode_s[r] = bench_now() - t0;
     }
     if (st != LMOE_OK) {
         fprintf(stderr, "bench_decode: %s\n", lmoe_last_error());
         return 1;
     }
-    qsort(prompt_s, (size_t)repeats, sizeof(double), cmp_double);
-    qsort(decode_s, (size_t)repeats, sizeof(double), cmp_double);
+    qsort(prompt_s, (size_t)repeats, sizeof(double), bench_cmp_double);
+    qsort(decode_s, (size_t)repeats, sizeof(double), bench_cmp_double);
     double prompt_tps = n_tokens / prompt_s[repeats / 2];
     double decode_tps = n_tokens / decode_s[repeats / 2];
     double active_bytes = (double)info.n_bytes * (double)info.n_params_active / (double)info.n_params;

@@ -27,18 +27,10 @@
 #include <time.h>
 
 #include "arch/kernels.h"
+#include "bench_util.h"
 #include "quant.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef enum weight_type { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, N_WEIGHT_TYPES } weight_type;
 static const char *const type_names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
@@ -65,37 +57,36 @@ static double weight_bytes(const matrix *m, weight_type type) {
     }
 }
 
-static void run(const lmoe_kernels *k, weight_type type, const matrix *m, const float *x,
-                float *y) {
-    if (type == W_Q8_0)
-        k->matvec_q8_0(m->q8, m->x_q8, y, m->n_cols, 0, m->n_rows);
-    else if (type == W_Q4_0)
-        k->matvec_q4_0(m->q4, m->x_q8, y, m->n_cols, 0, m->n_rows);
-    else if (type == W_F16)
-        k->matvec_f16(m->f16, x, y, m->n_cols, 0, m->n_rows);
-    else if (type == W_BF16)
-        k->matvec_bf16(m->bf16, x, y, m->n_cols, 0, m->n_rows);
+/* One timed call: a matvec of every row of m. */
+typedef struct matvec_call {
+    const lmoe_kernels *k;
+    weight_type type;
+    const matrix *m;
+    const float *x;
+    float *y;
+} matvec_call;
+
+static void run_matvec(void *arg) {
+    const matvec_call *c = arg;
+    const matrix *m = c->m;
+    if (c->type == W_Q8_0)
+        c->k->matvec_q8_0(m->q8, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
+    else if (c->type == W_Q4_0)
+        c->k->matvec_q4_0(m->q4, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
+    else if (c->type == W_F16)
+        c->k->matvec_f16(m->f16, c->x, c->y, m->n_cols, 0, m->n_rows);
+    else if (c->type == W_BF16)
+        c->k->matvec_bf16(m->bf16, c->x, c->y, m->n_cols, 0, m->n_rows);
     else
-        k->matvec_f32(m->f32, x, y, m->n_cols, 0, m->n_rows);
+        c->k->matvec_f32(m->f32, c->x, c->y, m->n_cols, 0, m->n_rows);
 }
 
 /* Median seconds per matvec over `repeats` repeats of at least 0.2 s each. */
 static double time_matvec(const lmoe_kernels *k, weight_type type, const matrix *m,
                           const float *x, float *y, int repeats) {
-    double per_call[100];
-    run(k, type, m, x, y); /* warm-up: page faults, caches */
-    for (int r = 0; r < repeats; r++) {
-        size_t calls = 0;
-        double t0 = now_s(), elapsed;
-        do {
-            run(k, type, m, x, y);
-            calls++;
-            elapsed = now_s() - t0;
-        } while (elapsed < 0.2);
-        per_call[r] = elapsed / (double)calls;
-    }
-    qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
-    return per_call[repeats / 2];
+    matvec_call c = {k, type, m, x, y};
+    run_matvec(&c); /* warm-up: page faults, caches */
+    return bench_seconds_per_call(run_matvec, &c, repeats, 0.2);
 }
 
 static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
@@ -134,22 +125,23 @@ static void matrix_free(matrix *m) {
     free(m->x_q8);
 }
 
+typedef struct quantize_call {
+    const lmoe_kernels *k;
+    const float *x;
+    block_q8_0 *out;
+    size_t n;
+} quantize_call;
+
+static void run_quantize(void *arg) {
+    const quantize_call *c = arg;
+    c->k->quantize_q8_0(c->x, c->out, c->n);
+}
+
 /* Median seconds per quantize_q8_0 of x (n_cols floats). */
 static double time_quantize(const lmoe_kernels *k, const float *x, block_q8_0 *out, size_t n,
                             int repeats) {
-    double per_call[100];
-    for (int r = 0; r < repeats; r++) {
-        size_t calls = 0;
-        double t0 = now_s(), elapsed;
-        do {
-            k->quantize_q8_0(x, out, n);
-            calls++;
-            elapsed = now_s() - t0;
-        } while (elapsed < 0.05);
-        per_call[r] = elapsed / (double)calls;
-    }
-    qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
-    return per_call[repeats / 2];
+    quantize_call c = {k, x, out, n};
+    return bench_seconds_per_call(run_quantize, &c, repeats, 0.05);
 }
 
 /* One table of results: every table this CPU runs x every weight type. */
@@ -192,34 +184,39 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
     free(y);
 }
 
-/* Median seconds of one batched product over all rows: gemm, or matvec per token in 16-row blocks. */
+/* One batched product over all rows: gemm, or matvec per token in 16-row blocks. */
+typedef struct batched_call {
+    const lmoe_kernels *k;
+    int q4, use_gemm;
+    const matrix *m;
+    const lmoe_q8_batch *xb;
+    float *y;
+    void *scratch;
+} batched_call;
+
+static void run_batched(void *arg) {
+    const batched_call *c = arg;
+    const lmoe_kernels *k = c->k;
+    const matrix *m = c->m;
+    const void *w = c->q4 ? (const void *)m->q4 : (const void *)m->q8;
+    size_t n_blocks = m->n_cols / LMOE_QK;
+    if (c->use_gemm) {
+        (c->q4 ? k->gemm_q4_0 : k->gemm_q8_0)(w, c->xb, c->y, m->n_rows, m->n_cols, 0, m->n_rows,
+                                              c->scratch);
+        return;
+    }
+    for (size_t r0 = 0; r0 < m->n_rows; r0 += 16) {
+        size_t r1 = r0 + 16 < m->n_rows ? r0 + 16 : m->n_rows;
+        for (size_t t = 0; t < c->xb->n_tokens; t++)
+            (c->q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, c->xb->blocks + t * n_blocks,
+                                                      c->y + t * m->n_rows, m->n_cols, r0, r1);
+    }
+}
+
 static double time_batched(const lmoe_kernels *k, int q4, const matrix *m, int use_gemm,
                            const lmoe_q8_batch *xb, float *y, void *scratch, int repeats) {
-    double per_call[100];
-    const void *w = q4 ? (const void *)m->q4 : (const void *)m->q8;
-    size_t n_blocks = m->n_cols / LMOE_QK;
-    for (int r = 0; r < repeats; r++) {
-        size_t calls = 0;
-        double t0 = now_s(), elapsed;
-        do {
-            if (use_gemm) {
-                (q4 ? k->gemm_q4_0 : k->gemm_q8_0)(w, xb, y, m->n_rows, m->n_cols, 0, m->n_rows,
-                                                   scratch);
-            } else {
-                for (size_t r0 = 0; r0 < m->n_rows; r0 += 16) {
-                    size_t r1 = r0 + 16 < m->n_rows ? r0 + 16 : m->n_rows;
-                    for (size_t t = 0; t < xb->n_tokens; t++)
-                        (q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, xb->blocks + t * n_blocks,
-                                                               y + t * m->n_rows, m->n_cols, r0, r1);
-                }
-            }
-            calls++;
-            elapsed = now_s() - t0;
-        } while (elapsed < 0.2);
-        per_call[r] = elapsed / (double)calls;
-    }
-    qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
-    return per_call[repeats / 2];
+    batched_call c = {k, q4, use_gemm, m, xb, y, scratch};
+    return bench_seconds_per_call(run_batched, &c, repeats, 0.2);
 }
 
 static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
@@ -265,44 +262,49 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
     free(x), free(y), free(xq), free(sums), free(scales), free(scratch);
 }
 
-/* Causal attention of one 128-wide head over 512 positions, queries in blocks of 16. */
+enum { ATT_N = 512, ATT_HD = 128, ATT_BLOCK = 16 };
+
+/* One timed call: causal attention of one 128-wide head over 512 positions, queries in blocks of
+ * 16 as prefill hands them to the kernel. */
+typedef struct attention_call {
+    const lmoe_kernels *k;
+    const float *q, *keys, *values;
+    float *out, *scores;
+} attention_call;
+
+static void run_attention(void *arg) {
+    const attention_call *c = arg;
+    for (size_t t = 0; t < ATT_N; t += ATT_BLOCK) {
+        const float *q = c->q + t * ATT_HD;
+        float *o = c->out + t * ATT_HD;
+        if (c->k->attention)
+            c->k->attention(q, ATT_HD, c->keys, c->values, ATT_HD, o, ATT_HD, ATT_HD, t, ATT_BLOCK,
+                            c->scores);
+        else
+            lmoe_attention_composed(c->k, q, ATT_HD, c->keys, c->values, ATT_HD, o, ATT_HD, ATT_HD,
+                                    t, ATT_BLOCK, c->scores);
+    }
+}
+
 static void bench_attention(int repeats) {
-    enum { N = 512, HD = 128, BLOCK = 16 };
-    float *q = malloc((size_t)N * HD * sizeof *q), *k = malloc((size_t)N * HD * sizeof *k);
-    float *v = malloc((size_t)N * HD * sizeof *v), *o = malloc((size_t)N * HD * sizeof *o);
-    float *scores = malloc((size_t)LMOE_ATTENTION_BLOCK * N * sizeof *scores);
+    float *q = malloc((size_t)ATT_N * ATT_HD * sizeof *q), *k = malloc((size_t)ATT_N * ATT_HD * sizeof *k);
+    float *v = malloc((size_t)ATT_N * ATT_HD * sizeof *v), *o = malloc((size_t)ATT_N * ATT_HD * sizeof *o);
+    float *scores = malloc((size_t)LMOE_ATTENTION_BLOCK * ATT_N * sizeof *scores);
     if (!q || !k || !v || !o || !scores) {
         fprintf(stderr, "bench_kernels: out of memory\n");
         exit(1);
     }
-    for (size_t i = 0; i < (size_t)N * HD; i++) {
+    for (size_t i = 0; i < (size_t)ATT_N * ATT_HD; i++) {
         q[i] = (float)(i % 13) * 0.01f, k[i] = (float)(i % 7) * 0.02f, v[i] = (float)(i % 5) * 0.1f;
     }
-    double flops = 2.0 * 2.0 * (N * (N + 1) / 2.0) * HD;
+    double flops = 2.0 * 2.0 * (ATT_N * (ATT_N + 1) / 2.0) * ATT_HD;
     printf("attention, one head of %d over %d positions, queries in blocks of %d, 1 thread "
-           "(median of %d)\n", HD, N, BLOCK, repeats);
+           "(median of %d)\n", ATT_HD, ATT_N, ATT_BLOCK, repeats);
     for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
         const lmoe_kernels *kt = lmoe_kernels_by_name(*name);
         if (kt == NULL) continue;
-        double per_call[100];
-        for (int r = 0; r < repeats; r++) {
-            size_t calls = 0;
-            double t0 = now_s(), elapsed;
-            do {
-                for (size_t t = 0; t < N; t += BLOCK) {
-                    if (kt->attention)
-                        kt->attention(q + t * HD, HD, k, v, HD, o + t * HD, HD, HD, t, BLOCK, scores);
-                    else
-                        lmoe_attention_composed(kt, q + t * HD, HD, k, v, HD, o + t * HD, HD, HD, t,
-                                                BLOCK, scores);
-                }
-                calls++;
-                elapsed = now_s() - t0;
-            } while (elapsed < 0.2);
-            per_call[r] = elapsed / (double)calls;
-        }
-        qsort(per_call, (size_t)repeats, sizeof *per_call, cmp_double);
-        double sec = per_call[repeats / 2];
+        attention_call c = {kt, q, k, v, o, scores};
+        double sec = bench_seconds_per_call(run_attention, &c, repeats, 0.2);
         printf("  %-10s %8.3f ms %8.1f GFLOP/s%s\n", kt->name, sec * 1e3, flops / sec * 1e-9,
                kt->attention ? "" : " (composed from dot_f32, softmax, axpy)");
     }

@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "arch/kernels.h"
+#include "bench_util.h"
 #include "error.h"
 #include "gguf.h"
 #include "llamamoe.h"
@@ -68,21 +69,8 @@
  * small helpers
  * ============================================================================================ */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -352,9 +340,9 @@ static void peak_run(void *arg, int index, int n) {
 static double measure_peak(const peak_kernel *k, int n_threads, double seconds) {
     peak_job job = {.k = k, .iters = 1u << 14};
     for (;;) { /* calibrate on one thread */
-        double t0 = now_s();
+        double t0 = bench_now();
         peak_run(&job, 0, 1);
-        double t = now_s() - t0;
+        double t = bench_now() - t0;
         if (t > 0.02 || job.iters > (1ull << 40)) {
             job.iters = (uint64_t)((double)job.iters * seconds / (t > 1e-6 ? t : 1e-6)) + 1;
             break;
@@ -363,9 +351,9 @@ static double measure_peak(const peak_kernel *k, int n_threads, double seconds) 
     }
     double best = 0;
     for (int r = 0; r < 3; r++) {
-        double t0 = now_s();
+        double t0 = bench_now();
         run_parallel(n_threads, peak_run, &job);
-        double ops = k->ops_per_iter * (double)job.iters * n_threads / (now_s() - t0);
+        double ops = k->ops_per_iter * (double)job.iters * n_threads / (bench_now() - t0);
         if (ops > best) best = ops;
     }
     return best;
@@ -406,12 +394,12 @@ static void measure_bandwidth(const machine_limits *l, int n_threads, double *me
     run_parallel(n_threads, bw_init, &bw);
     run_parallel(n_threads, bw_sum, &bw); /* warm-up */
     for (int r = 0; r < l->bw_reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now();
         run_parallel(n_threads, bw_sum, &bw);
-        t[r] = now_s() - t0;
+        t[r] = bench_now() - t0;
     }
     double bytes = (double)bw.n * sizeof(float);
-    *med = bytes / median(t, l->bw_reps);
+    *med = bytes / bench_median(t, l->bw_reps);
     if (lo) *lo = bytes / t[l->bw_reps - 1];
     if (hi) *hi = bytes / t[0];
     free(t);
@@ -433,21 +421,21 @@ static void measure_regions(int n_threads, double *hot_us, double *cold_us) {
     enum { BATCHES = 9, PER_BATCH = 20000, COLD = 25 };
     double hot[BATCHES], cold[COLD];
     for (int b = 0; b < BATCHES; b++) {
-        double t0 = now_s();
+        double t0 = bench_now();
         for (int i = 0; i < PER_BATCH; i++)
             threadpool_parallel_for(pool, (size_t)n_threads, 1, empty_region, NULL);
-        hot[b] = (now_s() - t0) / PER_BATCH;
+        hot[b] = (bench_now() - t0) / PER_BATCH;
     }
     for (int i = 0; i < COLD; i++) {
         struct timespec idle = {0, 20 * 1000 * 1000};
         nanosleep(&idle, NULL);
-        double t0 = now_s();
+        double t0 = bench_now();
         threadpool_parallel_for(pool, (size_t)n_threads, 1, empty_region, NULL);
-        cold[i] = now_s() - t0;
+        cold[i] = bench_now() - t0;
     }
     threadpool_free(pool);
-    *hot_us = median(hot, BATCHES) * 1e6;
-    *cold_us = median(cold, COLD) * 1e6;
+    *hot_us = bench_median(hot, BATCHES) * 1e6;
+    *cold_us = bench_median(cold, COLD) * 1e6;
 }
 
 static void measure_limits(machine_limits *l, double gib, int reps, double peak_seconds) {
@@ -607,19 +595,6 @@ typedef struct gen_job {
     int failed[MAX_THREADS];
 } gen_job;
 
-static void write_row(ggml_type type, const float *row, void *dst, size_t n) {
-    switch (type) {
-    case GGML_TYPE_F32: memcpy(dst, row, n * sizeof(float)); break;
-    case GGML_TYPE_F16:
-        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_f16(row[i]);
-        break;
-    case GGML_TYPE_BF16:
-        for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = lmoe_f32_to_bf16(row[i]);
-        break;
-    case GGML_TYPE_Q8_0: lmoe_quantize_row_q8_0(row, dst, n); break;
-    case GGML_TYPE_Q4_0: lmoe_quantize_row_q4_0(row, dst, n); break;
-    }
-}
 
 static void gen_rows(void *arg, int index, int n) {
     gen_job *j = arg;
@@ -642,7 +617,7 @@ static void gen_rows(void *arg, int index, int n) {
             for (size_t c = 0; c < t->data_cols; c++) row[c] = normal_from(&x) * t->stddev;
             for (size_t c = (size_t)t->data_cols; c < cols; c++) row[c] = 0.0f;
         }
-        write_row(t->type, row, j->dst + r * j->row_bytes, cols);
+        lmoe_row_from_f32(t->type, row, j->dst + r * j->row_bytes, cols);
     }
     free(row);
 }
@@ -812,7 +787,7 @@ static lmoe_status write_model(const shape_def *s, const type_def *td, uint64_t 
 
 /* Reads the whole file once so that it is in the page cache (what a "warm" load means). */
 static double warm_page_cache(const char *path, double *seconds) {
-    double t0 = now_s(), total = 0;
+    double t0 = bench_now(), total = 0;
     int fd = open(path, O_RDONLY);
     if (fd < 0) return -1;
     size_t size = 1 << 20;
@@ -821,7 +796,7 @@ static double warm_page_cache(const char *path, double *seconds) {
     while (buf && (n = read(fd, buf, size)) > 0) total += (double)n;
     free(buf);
     close(fd);
-    *seconds = now_s() - t0;
+    *seconds = bench_now() - t0;
     return total;
 }
 
@@ -879,10 +854,10 @@ static void measure(const char *path, const bench_options *o, int n_threads, run
     }
     lmoe_context_free(ctx);
     lmoe_model_free(m);
-    double t0 = now_s();
+    double t0 = bench_now();
     lmoe_status st = lmoe_model_load(path, NULL, &m);
     if (st == LMOE_OK) st = lmoe_context_create(m, &cp, &ctx);
-    r->load_ms = (now_s() - t0) * 1e3;
+    r->load_ms = (bench_now() - t0) * 1e3;
     if (st != LMOE_OK) {
         child_fail(r, "load");
         lmoe_model_free(m);
@@ -917,12 +892,12 @@ static void measure(const char *path, const bench_options *o, int n_threads, run
     for (int i = 0; i < 2 && st == LMOE_OK; i++) st = lmoe_eval(ctx, &tok[i], 1);
     lmoe_context_reset_expert_counts(ctx);
     for (int i = 0; i < o->decode_tokens && st == LMOE_OK; i++) {
-        double s0 = now_s();
+        double s0 = bench_now();
         st = lmoe_eval(ctx, &tok[2 + i], 1);
-        times[i] = now_s() - s0;
+        times[i] = bench_now() - s0;
     }
     if (st != LMOE_OK) goto fail;
-    r->decode_tps = 1.0 / median(times, o->decode_tokens);
+    r->decode_tps = 1.0 / bench_median(times, o->decode_tokens);
     if (n_counts && lmoe_context_expert_counts(ctx, counts, n_counts) == LMOE_OK) {
         r->min_experts_used = info.n_expert;
         for (int l = 0; l < info.n_layer; l++) {
@@ -950,11 +925,11 @@ static void measure(const char *path, const bench_options *o, int n_threads, run
         int reps = 0;
         do {
             lmoe_context_reset(ctx);
-            double s0 = now_s();
+            double s0 = bench_now();
             if ((st = lmoe_eval(ctx, tok, (size_t)o->prefill[p])) != LMOE_OK) goto fail;
-            pt[reps++] = now_s() - s0;
+            pt[reps++] = bench_now() - s0;
         } while (reps < 3 && pt[0] < 1.0);
-        r->prefill_tps[p] = o->prefill[p] / median(pt, reps);
+        r->prefill_tps[p] = o->prefill[p] / bench_median(pt, reps);
         r->prefill_reps[p] = reps;
     }
     r->ok = 1;
@@ -1326,7 +1301,7 @@ int main(int argc, char **argv) {
                 }
                 fprintf(stderr, "writing %s (%s, %s, about %.2f GB)\n", path, s->title, td->name,
                         need / 1e9);
-                double t0 = now_s();
+                double t0 = bench_now();
                 if (write_model(s, td, o.seed, path) != LMOE_OK) {
                     printf("| %s | %s | - | failed to write the model: %s |\n", s->name, td->name,
                            lmoe_last_error());
@@ -1336,7 +1311,7 @@ int main(int argc, char **argv) {
                     g_cleanup_file[0] = g_cleanup_tmp[0] = 0;
                     continue;
                 }
-                fprintf(stderr, "  written in %.1f s\n", now_s() - t0);
+                fprintf(stderr, "  written in %.1f s\n", bench_now() - t0);
             } else {
                 fprintf(stderr, "reusing %s\n", path);
             }
