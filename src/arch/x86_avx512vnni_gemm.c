@@ -172,7 +172,9 @@ static ALWAYS_INLINE void tile(const uint8_t *panel, const lmoe_q8_batch *x, siz
         }
 }
 
-/* One tile shape per (tokens, groups), so every loop above has constant bounds. */
+/* One tile shape per (tokens, groups), so every loop above has constant bounds: a case for each
+ * tile width 1 .. GEMM_TOKENS. */
+_Static_assert(GEMM_TOKENS == 6, "gemm's switch has a TILE_CASE for widths 1 to 6");
 #define TILE_CASE(nt)                                                                      \
     case nt:                                                                               \
         if (n_groups == 2)                                                                 \
@@ -203,12 +205,7 @@ static ALWAYS_INLINE void gemm(const void *w, const lmoe_q8_batch *x, float *y, 
                 TILE_CASE(3)
                 TILE_CASE(4)
                 TILE_CASE(5)
-                default: /* GEMM_TOKENS */
-                    if (n_groups == 2)
-                        tile(panel, x, t0, GEMM_TOKENS, 2, mask, q4, yr, ldy);
-                    else
-                        tile(panel, x, t0, GEMM_TOKENS, 1, mask, q4, yr, ldy);
-                    break;
+                TILE_CASE(GEMM_TOKENS)
             }
         }
     }
