@@ -15,8 +15,10 @@
 
 /* Below this many multiply-adds a product runs on the calling thread: waking workers costs more. */
 #define PARALLEL_MIN_MACS 32768u
-/* Rows of a weight matrix applied to all tokens of a batch before the next rows are read. */
+/* Rows of a weight matrix applied to all tokens of a batch before the next rows are read: whole
+ * groups of Q4_0_R16, whose kernels take only group-aligned ranges. */
 #define ROWS_PER_BLOCK 16u
+_Static_assert(ROWS_PER_BLOCK % LMOE_R16_ROWS == 0, "row blocks must be whole Q4_0_R16 groups");
 /* The batched kernels unpack 32 rows at a time: chunks of whole panels waste no unpacking. */
 #define GEMM_ROWS_PER_PANEL 32u
 
@@ -133,6 +135,7 @@ void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const blo
     switch (w.type) {
     case GGML_TYPE_Q8_0: k->matvec_q8_0(w.data, x_q8, y, n_cols, r0, r1); break;
     case GGML_TYPE_Q4_0: k->matvec_q4_0(w.data, x_q8, y, n_cols, r0, r1); break;
+    case LMOE_TYPE_Q4_0_R16: k->matvec_q4_0_r16(w.data, x_q8, y, n_cols, r0, r1); break;
     case GGML_TYPE_F16: k->matvec_f16(w.data, x, y, n_cols, r0, r1); break;
     case GGML_TYPE_BF16: k->matvec_bf16(w.data, x, y, n_cols, r0, r1); break;
     default: /* model.c binds only the types above and f32 */
@@ -142,7 +145,17 @@ void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const blo
 }
 
 bool weight_is_quantised(weight_ref w) {
-    return w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0;
+    return w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0 || w.type == LMOE_TYPE_Q4_0_R16;
+}
+
+/* The table's batched kernel for a quantised type, or NULL. */
+static lmoe_gemm_fn gemm_for(const lmoe_kernels *k, ggml_type type) {
+    switch (type) {
+    case GGML_TYPE_Q8_0: return k->gemm_q8_0;
+    case GGML_TYPE_Q4_0: return k->gemm_q4_0;
+    case LMOE_TYPE_Q4_0_R16: return k->gemm_q4_0_r16;
+    default: return NULL;
+    }
 }
 
 /* Rows [begin, end) for every token, a block of rows at a time. */
@@ -162,12 +175,8 @@ static void matmul_rows(void *arg, size_t begin, size_t end, int thread_id) {
 static void matmul_rows_gemm(void *arg, size_t begin, size_t end, int thread_id) {
     const matmul_job *job = arg;
     void *scratch = job->scratch + (size_t)thread_id * job->scratch_stride;
-    if (job->w.type == GGML_TYPE_Q8_0)
-        job->k->gemm_q8_0(job->w.data, &job->batch, job->y, job->ldy, job->n_cols, begin, end,
-                          scratch);
-    else
-        job->k->gemm_q4_0(job->w.data, &job->batch, job->y, job->ldy, job->n_cols, begin, end,
-                          scratch);
+    gemm_for(job->k, job->w.type)(job->w.data, &job->batch, job->y, job->ldy, job->n_cols, begin,
+                                  end, scratch);
 }
 
 /* Below this many tokens a product's activations are quantised on the calling thread. */
@@ -209,7 +218,7 @@ static void quantise_input(lmoe_context *ctx, const float *x, size_t ldx, size_t
     const lmoe_kernels *k = ctx->kernels;
     /* block sums and scales only for a table's batched kernel (either type: the rows may be
      * reused by a product of the other one) */
-    bool stats = n_tokens > 1 && (k->gemm_q8_0 || k->gemm_q4_0);
+    bool stats = n_tokens > 1 && (k->gemm_q8_0 || k->gemm_q4_0 || k->gemm_q4_0_r16);
     if (may_reuse && s->x_q8_of == x && s->x_q8_ldx == ldx && s->x_q8_tokens == n_tokens &&
         s->x_q8_cols == n_cols)
         return;
@@ -235,7 +244,7 @@ static void matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, 
     if (weight_is_quantised(w)) {
         /* each token's activations quantised once for all rows of this product */
         quantise_input(ctx, x, ldx, n_tokens, n_cols, may_reuse);
-        bool batched = n_tokens > 1 && (w.type == GGML_TYPE_Q8_0 ? k->gemm_q8_0 : k->gemm_q4_0);
+        bool batched = n_tokens > 1 && gemm_for(k, w.type);
         if (batched) {
             job.batch = (lmoe_q8_batch){s->x_q8, s->x_sums, s->x_scales, n_tokens,
                                         n_cols / LMOE_QK};
@@ -346,8 +355,7 @@ static void attention(lmoe_context *ctx, uint32_t layer, uint32_t pos0, uint32_t
 
 /* Row `row` of the embedding matrix (n_embd wide) as f32. */
 static void embedding_row(weight_ref table, size_t row, size_t n_embd, float *out) {
-    weight_ref r = weight_rows(table, row, n_embd);
-    lmoe_row_to_f32(r.type, r.data, out, n_embd);
+    lmoe_matrix_row_to_f32(table.type, table.data, row, n_embd, out);
 }
 
 /* The rotation of pair i (dimensions 2i, 2i+1 of a head) at position pos: angle pos *

@@ -30,14 +30,21 @@ typedef enum gguf_type {
     GGUF_TYPE_COUNT
 } gguf_type;
 
-/* Tensor element types (ggml's numbering). Only these are understood; others are refused. */
+/* Tensor element types (ggml's numbering). Only these are understood; others are refused.
+ * LMOE_TYPE_Q4_0_R16 is this library's own (docs/FORMAT.md): Q4_0's values with groups of 16
+ * rows interleaved, numbered far above ggml's types so that no ggml reader mistakes it for one. A
+ * tensor of it needs rows (ne[1]) in multiples of 16; its sizes are Q4_0's (18 bytes per 32). */
 typedef enum ggml_type {
     GGML_TYPE_F32 = 0,
     GGML_TYPE_F16 = 1,
     GGML_TYPE_Q4_0 = 2,
     GGML_TYPE_Q8_0 = 8,
-    GGML_TYPE_BF16 = 30
+    GGML_TYPE_BF16 = 30,
+    LMOE_TYPE_Q4_0_R16 = 1000
 } ggml_type;
+
+/* Rows a group of LMOE_TYPE_Q4_0_R16 interleaves. */
+#define LMOE_R16_ROWS 16
 
 #define GGUF_MAX_DIMS 4
 #define GGUF_DEFAULT_ALIGNMENT 32
@@ -85,8 +92,8 @@ lmoe_status gguf_open(const char *path, gguf_file **out);
 lmoe_status gguf_open_memory(const void *data, size_t size, gguf_file **out);
 void gguf_close(gguf_file *file);
 
-/* Element size in bytes of a ggml type and its block length (1 for float types, 32 for Q4_0/Q8_0);
- * 0 for a type this library does not know. */
+/* Element size in bytes of a ggml type and its block length (1 for float types, 32 for Q4_0/Q8_0,
+ * and Q4_0's 18 bytes per 32 for Q4_0_R16); 0 for a type this library does not know. */
 size_t ggml_type_block_bytes(ggml_type type);
 size_t ggml_type_block_elems(ggml_type type);
 const char *ggml_type_name(ggml_type type);

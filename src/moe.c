@@ -178,13 +178,18 @@ static void decode_down(void *arg, size_t begin, size_t end, int thread_id) {
     }
 }
 
+/* Items are rows of weight matrices whose widths (n_ff, n_embd) are whole groups of a Q4_0_R16
+ * matrix: chunks of whole groups keep every range the kernels get aligned to one. */
 static void run_region(lmoe_context *ctx, size_t n_items, size_t macs, lmoe_parallel_fn fn,
                        void *job) {
     if (macs < DECODE_PARALLEL_MIN_MACS) {
         fn(job, 0, n_items, 0);
         return;
     }
-    threadpool_parallel_for(ctx->pool, n_items, 0, fn, job);
+    size_t n_chunks = (size_t)threadpool_n_threads(ctx->pool) * 4;
+    size_t chunk = (n_items + n_chunks - 1) / n_chunks;
+    chunk = (chunk + LMOE_R16_ROWS - 1) / LMOE_R16_ROWS * LMOE_R16_ROWS;
+    threadpool_parallel_for(ctx->pool, n_items, chunk, fn, job);
 }
 
 static void decode_experts(lmoe_context *ctx, uint32_t il, const float *x, float *out) {

@@ -39,6 +39,23 @@ typedef struct block_q4_0 {
     uint8_t qs[LMOE_QK / 2];
 } block_q4_0;
 
+/* Q4_0_R16 (LMOE_TYPE_Q4_0_R16, this library's own): Q4_0's scales and nibbles for groups of 16
+ * consecutive rows, interleaved so that one 64-byte load holds 4 quants of each of the 16 rows
+ * (a row per 32-bit lane). A group of rows is n_cols / 32 of these, block after block; groups
+ * follow each other. qs[k][4 r + i] is byte 4 k + i of row r's Q4_0 block: element 4 k + i in its
+ * low nibble, element 16 + 4 k + i in its high one. */
+typedef struct block_q4_0_r16 {
+    uint16_t d[LMOE_R16_ROWS];          /* the 16 rows' f16 scales */
+    uint8_t qs[4][4 * LMOE_R16_ROWS];
+} block_q4_0_r16;
+
+/* Rows [0, 16) of Q4_0 (each n_blocks blocks, row_stride blocks apart) -> one group of Q4_0_R16,
+ * and back (row r of the group, as n_blocks Q4_0 blocks). Exact both ways. */
+void lmoe_q4_0_to_r16(const block_q4_0 *rows, size_t row_stride, size_t n_blocks,
+                      block_q4_0_r16 *group);
+void lmoe_r16_row_to_q4_0(const block_q4_0_r16 *group, size_t r, size_t n_blocks,
+                          block_q4_0 *out);
+
 /* n (a multiple of 32) f32 values to blocks, the reference rounding: Q8_0 d = max|x| / 127,
  * q = round(x / d); Q4_0 d = (the value of largest magnitude) / -8, q = min(15, (int)(x / d + 8.5)). */
 void lmoe_quantize_row_q8_0(const float *x, block_q8_0 *out, size_t n);
@@ -54,6 +71,14 @@ void lmoe_q8_0_block_stats(const block_q8_0 *x, size_t n_blocks, int32_t *sums, 
  * q4_0) to f32, and from f32 with the reference rounding. Other types leave dst untouched. */
 void lmoe_row_to_f32(ggml_type type, const void *src, float *dst, size_t n);
 void lmoe_row_from_f32(ggml_type type, const float *src, void *dst, size_t n);
+
+/* Row `row` of a matrix (n_cols wide, starting at matrix) of any bound type, Q4_0_R16 included,
+ * to f32. */
+void lmoe_matrix_row_to_f32(ggml_type type, const void *matrix, size_t row, size_t n_cols,
+                            float *dst);
+/* Rows [0, 16) of f32 (n_cols each, contiguous) -> one group of Q4_0_R16 (n_cols / 32 blocks),
+ * Q4_0's reference rounding. */
+void lmoe_quantize_rows_q4_0_r16(const float *x, block_q4_0_r16 *group, size_t n_cols);
 
 /* Widen n elements of a weight row of the given 16-bit type to f32. */
 void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n);

@@ -320,15 +320,18 @@ static void test_abort(const lmoe_model *model) {
 /* The batch size (lmoe_context_params.n_batch) changes how a prompt is cut into forward passes
  * and, for quantised weights, whether products run as batched kernels or matvecs: none of it may
  * change a number. A 45-token prompt evaluated in batches of 1, 4, 7, 16 and the default (all
- * at once) gives the same logits bit for bit, for f32, q8_0 and q4_0 weights; n_batch larger than
+ * at once) gives the same logits bit for bit, for f32, q8_0, q4_0 and q4_0_r16 weights (and
+ * q4_0_r16's are q4_0's); n_batch larger than
  * n_ctx is capped, not refused. */
 static void test_batch_sizes(const char *f32_path) {
-    static const char *const types[] = {"f32", "q8_0", "q4_0"};
-    static const ggml_type ggml_types[] = {GGML_TYPE_F32, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+    static const char *const types[] = {"f32", "q8_0", "q4_0", "q4_0_r16"};
+    static const ggml_type ggml_types[] = {GGML_TYPE_F32, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
+                                           LMOE_TYPE_Q4_0_R16};
+    float q4_logits[512]; /* q4_0_r16 holds q4_0's values: its logits must be q4_0's */
     static const uint32_t batches[] = {0, 1, 4, 7, 16, 100000};
     lmoe_token ids[45];
     for (int i = 0; i < 45; i++) ids[i] = (lmoe_token)(i == 0 ? 1 : 259 + (i * 37) % 250);
-    for (int ti = 0; ti < 3; ti++) {
+    for (int ti = 0; ti < 4; ti++) {
         char name[64];
         test_fmt(name, sizeof name, "test_api-stories260K-%s.gguf", types[ti]);
         const char *path = f32_path;
@@ -360,6 +363,9 @@ static void test_batch_sizes(const char *f32_path) {
         }
         CHECK_MSG(differing == 0, "%s: %zu batch sizes give logits that differ from one batch",
                   types[ti], differing);
+        if (ggml_types[ti] == GGML_TYPE_Q4_0) memcpy(q4_logits, first, sizeof first);
+        if (ggml_types[ti] == LMOE_TYPE_Q4_0_R16)
+            CHECK_MSG(memcmp(first, q4_logits, sizeof first) == 0, "q4_0_r16 logits are not q4_0's");
         lmoe_model_free(m);
     }
 }

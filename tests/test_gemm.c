@@ -1,4 +1,4 @@
-/* test_gemm.c - the batched quantised kernels (gemm_q8_0 / gemm_q4_0) of every kernel table that
+/* test_gemm.c - the batched quantised kernels (gemm_q8_0 / gemm_q4_0 / gemm_q4_0_r16) of every kernel table that
  * has them, against the same table's matvec run token by token: bit for bit, which is the
  * contract in kernels.h (prefill and decode of the same token give the same numbers).
  *
@@ -21,6 +21,11 @@
 static const size_t widths[] = {32, 96, 256, 4096 + 32};
 static const size_t token_counts[] = {1, 2, 5, 6, 7, 13, 40};
 static const size_t row_ranges[][2] = {{0, N_ROWS}, {3, 70}, {16, 17}, {32, 77}, {5, 5}, {0, 16}};
+/* Q4_0_R16 (whole groups of 16 rows): the first 64 rows of the Q4_0 matrix, interleaved */
+#define R16_ROWS 64
+static const size_t r16_row_ranges[][2] = {{0, 64}, {16, 48}, {32, 64}, {16, 32}, {0, 0}};
+typedef enum weight_kind { KIND_Q8_0, KIND_Q4_0, KIND_Q4_0_R16 } weight_kind;
+static const char *const kind_names[] = {"q8_0", "q4_0", "q4_0_r16"};
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define SENTINEL 12345.0f
 
@@ -68,8 +73,9 @@ static void fill_random(block_q8_0 *w8, block_q4_0 *w4, block_q8_0 *x, size_t n_
     for (int j = 0; j < LMOE_QK; j++) x[n_x - 1].qs[j] = (int8_t)(j % 2 ? 127 : -128);
 }
 
-static size_t compare_case(const lmoe_kernels *k, int q4, const void *w, const block_q8_0 *x,
-                           size_t n_cols, size_t n_tokens, size_t r0, size_t r1, void *scratch) {
+static size_t compare_case(const lmoe_kernels *k, weight_kind kind, const void *w,
+                           const block_q8_0 *x, size_t n_cols, size_t n_tokens, size_t r0,
+                           size_t r1, void *scratch) {
     size_t n_blocks = n_cols / LMOE_QK, ldy = N_ROWS + 3;
     int32_t *sums = malloc(n_tokens * n_blocks * sizeof *sums);
     float *scales = malloc(n_tokens * n_blocks * sizeof *scales);
@@ -77,16 +83,20 @@ static size_t compare_case(const lmoe_kernels *k, int q4, const void *w, const b
     lmoe_q8_0_block_stats(x, n_tokens * n_blocks, sums, scales);
     lmoe_q8_batch batch = {x, sums, scales, n_tokens, n_blocks};
     for (size_t i = 0; i < n_tokens * ldy; i++) y[i] = SENTINEL;
-    (q4 ? k->gemm_q4_0 : k->gemm_q8_0)(w, &batch, y, ldy, n_cols, r0, r1, scratch);
+    (kind == KIND_Q8_0   ? k->gemm_q8_0
+     : kind == KIND_Q4_0 ? k->gemm_q4_0
+                         : k->gemm_q4_0_r16)(w, &batch, y, ldy, n_cols, r0, r1, scratch);
     size_t bad = 0;
     for (size_t t = 0; t < n_tokens; t++) {
-        (q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, x + t * n_blocks, want, n_cols, r0, r1);
+        (kind == KIND_Q8_0   ? k->matvec_q8_0
+         : kind == KIND_Q4_0 ? k->matvec_q4_0
+                             : k->matvec_q4_0_r16)(w, x + t * n_blocks, want, n_cols, r0, r1);
         for (size_t r = 0; r < ldy; r++) {
             float got = y[t * ldy + r];
             int ok = r >= r0 && r < r1 ? memcmp(&got, &want[r], sizeof got) == 0 : got == SENTINEL;
             if (!ok && bad++ < 3)
                 fprintf(stderr, "  %s gemm_%s n_cols=%zu tokens=%zu rows [%zu,%zu): token %zu row "
-                        "%zu: %.9g, matvec %.9g\n", k->name, q4 ? "q4_0" : "q8_0", n_cols,
+                        "%zu: %.9g, matvec %.9g\n", k->name, kind_names[kind], n_cols,
                         n_tokens, r0, r1, t, r, got, r >= r0 && r < r1 ? want[r] : SENTINEL);
         }
     }
@@ -98,25 +108,33 @@ static void test_table(const lmoe_kernels *k) {
     for (size_t wi = 0; wi < COUNT(widths); wi++) {
         size_t n_cols = widths[wi], n_blocks = n_cols / LMOE_QK;
         size_t max_tokens = token_counts[COUNT(token_counts) - 1];
-        guarded g8, g4;
+        guarded g8, g4, g16;
         block_q8_0 *w8 = guarded_alloc(&g8, N_ROWS * n_blocks * sizeof *w8);
         block_q4_0 *w4 = guarded_alloc(&g4, N_ROWS * n_blocks * sizeof *w4);
+        size_t n_groups = R16_ROWS / LMOE_R16_ROWS;
+        block_q4_0_r16 *w16 = guarded_alloc(&g16, n_groups * n_blocks * sizeof *w16);
         block_q8_0 *x = malloc(max_tokens * n_blocks * sizeof *x);
         void *scratch = aligned_alloc(64, LMOE_GEMM_SCRATCH_BYTES(n_cols));
         CHECK(x && scratch);
         fill_random(w8, w4, x, N_ROWS * n_blocks, max_tokens * n_blocks);
-        for (int q4 = 0; q4 <= 1; q4++) {
+        for (size_t grp = 0; grp < n_groups; grp++)
+            lmoe_q4_0_to_r16(w4 + grp * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
+                             w16 + grp * n_blocks);
+        for (int kind = KIND_Q8_0; kind <= KIND_Q4_0_R16; kind++) {
+            const void *w = kind == KIND_Q8_0 ? (const void *)w8
+                            : kind == KIND_Q4_0 ? (const void *)w4 : (const void *)w16;
+            const size_t(*ranges)[2] = kind == KIND_Q4_0_R16 ? r16_row_ranges : row_ranges;
+            size_t n_ranges = kind == KIND_Q4_0_R16 ? COUNT(r16_row_ranges) : COUNT(row_ranges);
             size_t bad = 0, cases = 0;
             for (size_t ti = 0; ti < COUNT(token_counts); ti++)
-                for (size_t ri = 0; ri < COUNT(row_ranges); ri++, cases++)
-                    bad += compare_case(k, q4, q4 ? (const void *)w4 : (const void *)w8, x, n_cols,
-                                        token_counts[ti], row_ranges[ri][0], row_ranges[ri][1],
-                                        scratch);
+                for (size_t ri = 0; ri < n_ranges; ri++, cases++)
+                    bad += compare_case(k, (weight_kind)kind, w, x, n_cols, token_counts[ti],
+                                        ranges[ri][0], ranges[ri][1], scratch);
             CHECK_MSG(bad == 0, "%s gemm_%s n_cols=%zu: %zu outputs differ from matvec (%zu "
-                      "cases)", k->name, q4 ? "q4_0" : "q8_0", n_cols, bad, cases);
+                      "cases)", k->name, kind_names[kind], n_cols, bad, cases);
         }
         free(x), free(scratch);
-        munmap(g8.map, g8.map_bytes), munmap(g4.map, g4.map_bytes);
+        munmap(g8.map, g8.map_bytes), munmap(g4.map, g4.map_bytes), munmap(g16.map, g16.map_bytes);
     }
 }
 
@@ -125,8 +143,9 @@ int main(void) {
     for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
         const lmoe_kernels *k = lmoe_kernels_by_name(*name);
         if (!k) continue; /* this CPU cannot run it */
-        CHECK_MSG((k->gemm_q8_0 == NULL) == (k->gemm_q4_0 == NULL),
-                  "table '%s' has one batched kernel without the other", k->name);
+        CHECK_MSG((k->gemm_q8_0 == NULL) == (k->gemm_q4_0 == NULL) &&
+                      (k->gemm_q4_0 == NULL) == (k->gemm_q4_0_r16 == NULL),
+                  "table '%s' has some batched kernels but not all", k->name);
         if (!k->gemm_q8_0) {
             printf("table '%s': no batched kernels (its matvec is used token by token)\n", k->name);
             continue;

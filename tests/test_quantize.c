@@ -1,5 +1,7 @@
 /* test_quantize.c - `llamamoe-convert quantize` on tiny-llama-moe-2_8 (expert width 48, not a
  * multiple of 32) and stories260K (FFN 172):
+ *   - q4_0_r16 (the same values as q4_0, 16 rows interleaved) gives q4_0's logits bit for bit,
+ *     the prompt at once and token by token (batched and decode kernels);
  *   - q8_0 / q4_0 files pad the FFN width to whole blocks with zero neurons (checked in the file:
  *     the padded rows of gate/up and columns of down are exactly zero), record the original width,
  *     keep norms and gates f32, and run close to the f32 model (q8_0: same top-1 as the golden
@@ -30,21 +32,28 @@ static int run_tool(const char *a1, const char *a2, const char *a3, const char *
     return status;
 }
 
-/* Logits of the last token of the prompt ids. */
-static int last_logits(const char *path, const lmoe_token *ids, size_t n, float *out, int n_vocab) {
+/* Logits of the last token of the prompt ids, evaluated at once (batched products), or one token
+ * per eval when one_by_one (the decode path). */
+static int last_logits_as(const char *path, const lmoe_token *ids, size_t n, float *out,
+                          int n_vocab, int one_by_one) {
     lmoe_model *m = NULL;
     lmoe_context *c = NULL;
     lmoe_context_params cp;
     lmoe_context_default_params(&cp, sizeof cp);
     cp.n_ctx = 64;
     cp.n_threads = 2;
-    int ok = lmoe_model_load(path, NULL, &m) == LMOE_OK && lmoe_context_create(m, &cp, &c) == LMOE_OK &&
-             lmoe_eval(c, ids, n) == LMOE_OK;
+    int ok = lmoe_model_load(path, NULL, &m) == LMOE_OK && lmoe_context_create(m, &cp, &c) == LMOE_OK;
+    for (size_t i = 0; ok && i < n; i += one_by_one ? 1 : n)
+        ok = lmoe_eval(c, ids + i, one_by_one ? 1 : n) == LMOE_OK;
     if (ok) memcpy(out, lmoe_logits(c), (size_t)n_vocab * sizeof(float));
     else fprintf(stderr, "%s: %s\n", path, lmoe_last_error());
     lmoe_context_free(c);
     lmoe_model_free(m);
     return ok;
+}
+
+static int last_logits(const char *path, const lmoe_token *ids, size_t n, float *out, int n_vocab) {
+    return last_logits_as(path, ids, n, out, n_vocab, 0);
 }
 
 static int argmax(const float *x, int n) {
@@ -62,11 +71,7 @@ static double max_diff(const float *a, const float *b, int n) {
 
 /* Row r of a quantised 3-D tensor, dequantised. */
 static void q_row(const gguf_tensor *t, uint64_t r, float *out) {
-    size_t n = (size_t)t->ne[0];
-    size_t row_bytes = n / 32 * ggml_type_block_bytes(t->type);
-    const void *p = (const char *)t->data + r * row_bytes;
-    if (t->type == GGML_TYPE_Q8_0) lmoe_dequantize_row_q8_0(p, out, n);
-    else lmoe_dequantize_row_q4_0(p, out, n);
+    lmoe_matrix_row_to_f32(t->type, t->data, (size_t)r, (size_t)t->ne[0], out);
 }
 
 /* The q file: padded shapes, zero padding, f32 norms and gates, recorded original width. */
@@ -159,8 +164,11 @@ int main(int argc, char **argv) {
 
     static const struct { const char *name; ggml_type type; double tolerance; } kinds[] = {
         {"q8_0", GGML_TYPE_Q8_0, 0.05}, {"q4_0", GGML_TYPE_Q4_0, 0.5},
-        {"f16", GGML_TYPE_F16, 0}, {"bf16", GGML_TYPE_BF16, 0},
+        {"q4_0_r16", LMOE_TYPE_Q4_0_R16, 0.5}, {"f16", GGML_TYPE_F16, 0}, {"bf16", GGML_TYPE_BF16, 0},
     };
+    /* q4_0's logits, batched and token by token: q4_0_r16 holds the same values and must give
+     * them bit for bit both ways */
+    static float q4[V], q4_seq[V], seq[V];
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         char out[4096], name[64];
         snprintf(name, sizeof name, "quantize-2_8-%s.gguf", kinds[k].name);
@@ -174,6 +182,16 @@ int main(int argc, char **argv) {
         printf("%s: max |logit - f32| = %.3g, top-1 %d (golden %d)\n", kinds[k].name, d,
                argmax(got, V), golden_top1);
         CHECK_MSG(argmax(got, V) == golden_top1, "%s: top-1 changed", kinds[k].name);
+        if (kinds[k].type == GGML_TYPE_Q4_0 || kinds[k].type == LMOE_TYPE_Q4_0_R16) {
+            CHECK(last_logits_as(out, ids, n_ids, seq, V, 1));
+            if (kinds[k].type == GGML_TYPE_Q4_0) {
+                memcpy(q4, got, sizeof q4), memcpy(q4_seq, seq, sizeof q4_seq);
+            } else {
+                CHECK_MSG(memcmp(got, q4, sizeof q4) == 0, "q4_0_r16: logits differ from q4_0's");
+                CHECK_MSG(memcmp(seq, q4_seq, sizeof seq) == 0,
+                          "q4_0_r16: token-by-token logits differ from q4_0's");
+            }
+        }
         if (kinds[k].tolerance > 0) {
             CHECK_MSG(d <= kinds[k].tolerance, "%s: logits differ by %g", kinds[k].name, d);
             check_padding(out, kinds[k].type);

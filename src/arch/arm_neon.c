@@ -16,9 +16,13 @@
  *     equal the f32 kernel on exactly widened weights, bit for bit.
  *   - matvec_q8_0 / matvec_q4_0 compute each block's integer dot exactly and then do generic's
  *     float operations in generic's order (sum = fma(dot, d_w * d_x, sum), block by block), one
- *     row per lane: the results equal generic's bit for bit. quantize_q8_0 does generic's
- *     rounding steps (max |x|, d = max / 127, id = 1 / d, round half away from zero) and gives
- *     generic's blocks byte for byte.
+ *     row per lane: the results equal generic's bit for bit. matvec_q4_0_r16 does the same, a
+ *     group's 16 rows in 4 registers: its layout puts 4 quants of 4 rows in every 16 bytes, a row
+ *     per 32-bit lane, so SDOT by lane (or widening multiplies) leaves each row's exact block dot
+ *     in its own lane with no reduction across lanes; it too equals generic's (and so the Q4_0
+ *     kernels' results for the same rows) bit for bit. quantize_q8_0 does generic's rounding
+ *     steps (max |x|, d = max / 127, id = 1 / d, round half away from zero) and gives generic's
+ *     blocks byte for byte.
  *   - rmsnorm differs only in its sum of squares; axpy, softmax and swiglu do generic's float
  *     operations element by element (expf stays libm's, one lane at a time) and so give
  *     generic's results exactly. */
@@ -265,6 +269,117 @@ static void neon_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t n
     matvec_quantized(w, x_q8, y, n_cols, row_begin, row_end, 1);
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Q4_0_R16 weights @ Q8_0 activations
+ * ---------------------------------------------------------------------------------------------- */
+
+/* Q4_0_R16 (quant.h): each 16-byte piece of qs[k] is 4 quants of each of 4 rows (a row per 32-bit
+ * lane), so a lane accumulates its own row's dot product: no reduction across lanes. The nibbles
+ * are used as they are (0 to 15), and each lane starts at -8 times the sum of x's 32 quants (the
+ * nibbles' offset): the same exact integer as generic's sum of (q - 8) * x. */
+static ALWAYS_INLINE int32x4_t r16_x_start(int8x16_t x0, int8x16_t x1) {
+    return vdupq_n_s32(-8 * ((int32_t)vaddlvq_s8(x0) + (int32_t)vaddlvq_s8(x1)));
+}
+
+#if defined(LMOE_NEON_DOTPROD)
+/* x's quants for one block: x0 elements 0-15, x1 16-31 (32-bit lane k of each: 4k .. 4k+3). */
+typedef struct r16_x {
+    int8x16_t x0, x1;
+} r16_x;
+
+static ALWAYS_INLINE r16_x r16_load_x(int8x16_t x0, int8x16_t x1) {
+    r16_x x = {x0, x1};
+    return x;
+}
+
+/* Rows 4j .. 4j+3 of a block (one per lane): start + the exact integer dot of their nibbles with
+ * x's quants, SDOT by lane against x's 4 quants of the same positions. Two chains (low and high
+ * nibbles) to halve the latency. */
+static ALWAYS_INLINE int32x4_t r16_dot4(const block_q4_0_r16 *g, int j, r16_x x,
+                                        int32x4_t start) {
+    const uint8x16_t low = vdupq_n_u8(0x0f);
+    uint8x16_t q0 = vld1q_u8(g->qs[0] + 16 * j), q1 = vld1q_u8(g->qs[1] + 16 * j);
+    uint8x16_t q2 = vld1q_u8(g->qs[2] + 16 * j), q3 = vld1q_u8(g->qs[3] + 16 * j);
+    int32x4_t lo = start, hi = vdupq_n_s32(0);
+    /* the lane is an immediate: written out, not a loop (so -O0 builds compile too) */
+    lo = vdotq_laneq_s32(lo, vreinterpretq_s8_u8(vandq_u8(q0, low)), x.x0, 0);
+    hi = vdotq_laneq_s32(hi, vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), x.x1, 0);
+    lo = vdotq_laneq_s32(lo, vreinterpretq_s8_u8(vandq_u8(q1, low)), x.x0, 1);
+    hi = vdotq_laneq_s32(hi, vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)), x.x1, 1);
+    lo = vdotq_laneq_s32(lo, vreinterpretq_s8_u8(vandq_u8(q2, low)), x.x0, 2);
+    hi = vdotq_laneq_s32(hi, vreinterpretq_s8_u8(vshrq_n_u8(q2, 4)), x.x1, 2);
+    lo = vdotq_laneq_s32(lo, vreinterpretq_s8_u8(vandq_u8(q3, low)), x.x0, 3);
+    hi = vdotq_laneq_s32(hi, vreinterpretq_s8_u8(vshrq_n_u8(q3, 4)), x.x1, 3);
+    return vaddq_s32(lo, hi);
+}
+#else
+/* x's quants for one block, each group of 4 repeated across the register: lo[k] is elements
+ * 4k .. 4k+3 four times, hi[k] elements 16+4k .. 16+4k+3. */
+typedef struct r16_x {
+    int8x16_t lo[4], hi[4];
+} r16_x;
+
+static ALWAYS_INLINE r16_x r16_load_x(int8x16_t x0, int8x16_t x1) {
+    int32x4_t a = vreinterpretq_s32_s8(x0), b = vreinterpretq_s32_s8(x1);
+    r16_x x;
+    x.lo[0] = vreinterpretq_s8_s32(vdupq_laneq_s32(a, 0));
+    x.lo[1] = vreinterpretq_s8_s32(vdupq_laneq_s32(a, 1));
+    x.lo[2] = vreinterpretq_s8_s32(vdupq_laneq_s32(a, 2));
+    x.lo[3] = vreinterpretq_s8_s32(vdupq_laneq_s32(a, 3));
+    x.hi[0] = vreinterpretq_s8_s32(vdupq_laneq_s32(b, 0));
+    x.hi[1] = vreinterpretq_s8_s32(vdupq_laneq_s32(b, 1));
+    x.hi[2] = vreinterpretq_s8_s32(vdupq_laneq_s32(b, 2));
+    x.hi[3] = vreinterpretq_s8_s32(vdupq_laneq_s32(b, 3));
+    return x;
+}
+
+/* Rows 4j .. 4j+3 of a block, as above with widening products: bytes 0-7 of a piece (rows 4j and
+ * 4j+1) go to p01, bytes 8-15 to p23. An int16 lane there sums 8 products of a nibble (0 to 15)
+ * and an int8, at most 8 * 15 * 128 = 15360 in magnitude: no overflow. Pairwise widening sums
+ * then leave row 4j+i's exact dot in lane i. */
+static ALWAYS_INLINE int32x4_t r16_dot4(const block_q4_0_r16 *g, int j, r16_x x,
+                                        int32x4_t start) {
+    const uint8x16_t low = vdupq_n_u8(0x0f);
+    int16x8_t p01 = vdupq_n_s16(0), p23 = vdupq_n_s16(0);
+    for (int k = 0; k < 4; k++) {
+        uint8x16_t q = vld1q_u8(g->qs[k] + 16 * j);
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, low));
+        int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+        p01 = vmlal_s8(p01, vget_low_s8(lo), vget_low_s8(x.lo[k]));
+        p23 = vmlal_high_s8(p23, lo, x.lo[k]);
+        p01 = vmlal_s8(p01, vget_low_s8(hi), vget_low_s8(x.hi[k]));
+        p23 = vmlal_high_s8(p23, hi, x.hi[k]);
+    }
+    return vaddq_s32(start, vpaddq_s32(vpaddlq_s16(p01), vpaddlq_s16(p23)));
+}
+#endif
+
+/* y[r] for r in [row_begin, row_end), a group of 16 rows at a time: 4 registers of 4 rows, each
+ * lane doing generic's float operations on its row in generic's order. Nothing is read but the
+ * group's blocks and x's, and nothing needs more than 2-byte alignment. */
+static void neon_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                 size_t row_begin, size_t row_end) {
+    size_t n_blocks = n_cols / LMOE_QK;
+    const block_q8_0 *x = x_q8;
+    for (size_t r = row_begin; r < row_end; r += LMOE_R16_ROWS) {
+        const block_q4_0_r16 *g = (const block_q4_0_r16 *)w + r / LMOE_R16_ROWS * n_blocks;
+        float32x4_t sum[4];
+        for (int j = 0; j < 4; j++) sum[j] = vdupq_n_f32(0.0f);
+        for (size_t b = 0; b < n_blocks; b++) {
+            int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
+            int32x4_t start = r16_x_start(x0, x1);
+            r16_x xq = r16_load_x(x0, x1);
+            float32x4_t d_x = vdupq_n_f32(half_to_f32(x[b].d));
+            for (int j = 0; j < 4; j++) {
+                int32x4_t dot = r16_dot4(&g[b], j, xq, start); /* |dot| <= 2^15: exact in f32 */
+                float32x4_t d_w = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(g[b].d + 4 * j)));
+                sum[j] = vfmaq_f32(sum[j], vcvtq_f32_s32(dot), vmulq_f32(d_w, d_x));
+            }
+        }
+        for (int j = 0; j < 4; j++) vst1q_f32(y + r + 4 * j, sum[j]);
+    }
+}
+
 /* x (n,) -> n / 32 Q8_0 blocks with quant.c's rounding: amax = max |x| (FMAXNM, like fmaxf),
  * d = amax / 127, id = 1 / d (0 for an all-zero block), q = round(x * id) with ties away from
  * zero (FCVTAS, like roundf); the scale through lmoe_f32_to_f16 itself. The narrowing to int8
@@ -394,6 +509,7 @@ static const lmoe_kernels neon_table = {
     .axpy = neon_axpy,
     .matvec_q8_0 = neon_matvec_q8_0,
     .matvec_q4_0 = neon_matvec_q4_0,
+    .matvec_q4_0_r16 = neon_matvec_q4_0_r16,
     .quantize_q8_0 = neon_quantize_q8_0,
 };
 

@@ -31,6 +31,10 @@ typedef struct lmoe_q8_batch {
 /* Bytes of scratch a batched quantised kernel needs for rows of n_cols columns. */
 #define LMOE_GEMM_SCRATCH_BYTES(n_cols) (((n_cols) / 32) * 1152 + 64)
 
+/* A batched quantised product (the gemm_* fields below). */
+typedef void (*lmoe_gemm_fn)(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                             size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
+
 typedef struct lmoe_kernels {
     const char *name;
 
@@ -68,6 +72,11 @@ typedef struct lmoe_kernels {
                         size_t row_begin, size_t row_end);
     void (*matvec_q4_0)(const void *w, const void *x_q8, float *y, size_t n_cols,
                         size_t row_begin, size_t row_end);
+    /* The same for Q4_0_R16 weights (quant.h: Q4_0's values, 16 rows interleaved): w is the
+     * matrix's first group; row_begin and row_end are multiples of 16. Bit for bit the table's
+     * matvec_q4_0 of the same rows in Q4_0. */
+    void (*matvec_q4_0_r16)(const void *w, const void *x_q8, float *y, size_t n_cols,
+                            size_t row_begin, size_t row_end);
     /* x (n,) -> n / 32 Q8_0 blocks, the activations' side of the quantised products. */
     void (*quantize_q8_0)(const float *x, void *x_q8, size_t n);
 
@@ -77,10 +86,10 @@ typedef struct lmoe_kernels {
      * (LMOE_GEMM_SCRATCH_BYTES(n_cols) bytes, 64-byte aligned, this thread's own) and used for
      * every token. These two may be NULL: a table without a batched kernel is used through its
      * matvec, token by token (the test checks both ways agree). */
-    void (*gemm_q8_0)(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy, size_t n_cols,
-                      size_t row_begin, size_t row_end, void *scratch);
-    void (*gemm_q4_0)(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy, size_t n_cols,
-                      size_t row_begin, size_t row_end, void *scratch);
+    lmoe_gemm_fn gemm_q8_0;
+    lmoe_gemm_fn gemm_q4_0;
+    /* The same for Q4_0_R16 (row_begin, row_end multiples of 16). A table has all three or none. */
+    lmoe_gemm_fn gemm_q4_0_r16;
 
     /* Causal attention of one head for n_q consecutive queries, the first at position pos0: query
      * i (row i of q, rows q_stride floats apart) attends to keys and values 0 .. pos0 + i (rows of
@@ -133,6 +142,9 @@ void lmoe_avx512vnni_gemm_q8_0(const void *w, const lmoe_q8_batch *x, float *y, 
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
 void lmoe_avx512vnni_gemm_q4_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
+void lmoe_avx512vnni_gemm_q4_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                                   size_t n_cols, size_t row_begin, size_t row_end,
+                                   void *scratch);
 
 /* The AArch64 tables (arm_neon.c; arm_neon_dotprod.c compiles it again with the dot product
  * instructions). Defined only when CMake builds them for an AArch64 target (LMOE_HAVE_ARM_NEON /

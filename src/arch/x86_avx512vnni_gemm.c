@@ -113,6 +113,30 @@ static ALWAYS_INLINE void pack_panel(const char *w, size_t row_bytes, size_t n_r
     }
 }
 
+/* The same from Q4_0_R16 (quant.h), where the panel's layout is already there: qs[k]'s low
+ * nibbles are quants 4k..4k+3 of the group's 16 rows (register k), its high nibbles quants
+ * 16 + 4k.. (register 4 + k). n_groups of 16 rows, consecutive in w (the matrix's first group
+ * of these rows). */
+static ALWAYS_INLINE void pack_panel_r16(const block_q4_0_r16 *w, size_t n_groups,
+                                         size_t n_blocks, uint8_t *panel) {
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    for (size_t b = 0; b < n_blocks; b++) {
+        uint8_t *out = panel + b * BLOCK_PANEL_BYTES;
+        for (size_t g = 0; g < n_groups; g++) {
+            const block_q4_0_r16 *blk = w + g * n_blocks + b;
+            for (int k = 0; k < 4; k++) {
+                __m512i q = _mm512_loadu_si512((const void *)blk->qs[k]);
+                _mm512_store_si512((void *)(out + g * GROUP_QUANT_BYTES + k * 64),
+                                   _mm512_and_si512(q, low));
+                _mm512_store_si512((void *)(out + g * GROUP_QUANT_BYTES + (4 + k) * 64),
+                                   _mm512_and_si512(_mm512_srli_epi16(q, 4), low));
+            }
+            __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+            _mm512_store_ps((float *)(out + GEMM_GROUPS * GROUP_QUANT_BYTES + g * 64), dw);
+        }
+    }
+}
+
 /* The 4 quants at p as one int32, in every lane. */
 static ALWAYS_INLINE __m512i broadcast_quad(const int8_t *p) {
     int32_t v;
@@ -183,9 +207,11 @@ _Static_assert(GEMM_TOKENS == 6, "gemm's switch has a TILE_CASE for widths 1 to 
             tile(panel, x, t0, nt, 1, mask, q4, yr, ldy);                                   \
         break;
 
+/* layout: 0 Q8_0, 1 Q4_0, 2 Q4_0_R16 (row_begin and row_end multiples of 16). */
 static ALWAYS_INLINE void gemm(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch,
-                               int q4) {
+                               int layout) {
+    const int q4 = layout != 0;
     const size_t n_blocks = n_cols / LMOE_QK;
     const size_t row_bytes = n_blocks * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
     uint8_t *panel = scratch;
@@ -195,7 +221,11 @@ static ALWAYS_INLINE void gemm(const void *w, const lmoe_q8_batch *x, float *y, 
         size_t n_groups = (n_rows + GROUP_ROWS - 1) / GROUP_ROWS;
         size_t last_rows = n_rows - (n_groups - 1) * GROUP_ROWS;
         __mmask16 mask = (__mmask16)((1u << last_rows) - 1);
-        pack_panel((const char *)w + r0 * row_bytes, row_bytes, n_rows, n_blocks, q4, panel);
+        if (layout == 2) /* a group's bytes are 16 rows' worth of Q4_0's */
+            pack_panel_r16((const block_q4_0_r16 *)((const char *)w + r0 * row_bytes), n_groups,
+                           n_blocks, panel);
+        else
+            pack_panel((const char *)w + r0 * row_bytes, row_bytes, n_rows, n_blocks, q4, panel);
         float *yr = y + r0;
         for (size_t t0 = 0; t0 < x->n_tokens; t0 += GEMM_TOKENS) {
             size_t nt = x->n_tokens - t0 < GEMM_TOKENS ? x->n_tokens - t0 : GEMM_TOKENS;
@@ -219,6 +249,12 @@ void lmoe_avx512vnni_gemm_q8_0(const void *w, const lmoe_q8_batch *x, float *y, 
 void lmoe_avx512vnni_gemm_q4_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch) {
     gemm(w, x, y, ldy, n_cols, row_begin, row_end, scratch, 1);
+}
+
+void lmoe_avx512vnni_gemm_q4_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                                   size_t n_cols, size_t row_begin, size_t row_end,
+                                   void *scratch) {
+    gemm(w, x, y, ldy, n_cols, row_begin, row_end, scratch, 2);
 }
 
 #else

@@ -44,7 +44,9 @@ static ffn_role role_of(gguf_str name) {
     return FFN_NONE;
 }
 
-static bool is_block_type(ggml_type t) { return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0; }
+static bool is_block_type(ggml_type t) {
+    return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == LMOE_TYPE_Q4_0_R16;
+}
 
 static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, uint64_t n_ff_out,
                         out_tensor *o) {
@@ -60,15 +62,15 @@ static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, u
         o->type = GGML_TYPE_F32;
     else if (is_block_type(target) && o->ne[0] % LMOE_QK != 0)
         o->type = GGML_TYPE_F16;
+    else if (target == LMOE_TYPE_Q4_0_R16 && o->ne[1] % LMOE_R16_ROWS != 0)
+        o->type = GGML_TYPE_Q4_0; /* not whole groups of rows: the same values, not interleaved */
     else
         o->type = target;
 }
 
 /* Row r (over all dimensions above the first) of a source tensor as f32. */
 static void source_row(const gguf_tensor *t, uint64_t r, float *out) {
-    size_t n = (size_t)t->ne[0];
-    size_t row_bytes = n / ggml_type_block_elems(t->type) * ggml_type_block_bytes(t->type);
-    lmoe_row_to_f32(t->type, (const char *)t->data + r * row_bytes, out, n);
+    lmoe_matrix_row_to_f32(t->type, t->data, (size_t)r, (size_t)t->ne[0], out);
 }
 
 
@@ -79,18 +81,26 @@ static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
     uint64_t rows_per_matrix = o->ne[1], matrices = o->ne[2] * o->ne[3];
     RETURN_ERROR_IF(out_row_bytes * rows_per_matrix * matrices != n_bytes, LMOE_ERR_INTERNAL,
                     "quantize: size mismatch");
-    float *row = calloc(out_cols > in_cols ? out_cols : in_cols, sizeof(float));
-    RETURN_ERROR_IF(!row, LMOE_ERR_OUT_OF_MEMORY, "quantize: out of memory");
+    /* rows converted together: a Q4_0_R16 group, else one */
+    size_t batch = o->type == LMOE_TYPE_Q4_0_R16 ? LMOE_R16_ROWS : 1;
+    size_t width = out_cols > in_cols ? out_cols : in_cols;
+    float *rows = calloc(batch * width, sizeof(float));
+    RETURN_ERROR_IF(!rows, LMOE_ERR_OUT_OF_MEMORY, "quantize: out of memory");
     for (uint64_t m = 0; m < matrices; m++) {
-        for (uint64_t r = 0; r < rows_per_matrix; r++) {
-            memset(row, 0, out_cols * sizeof(float));
+        for (uint64_t r0 = 0; r0 < rows_per_matrix; r0 += batch) {
+            memset(rows, 0, batch * width * sizeof(float));
             /* padded neurons (rows past the source's) stay zero */
-            if (r < o->src->ne[1]) source_row(o->src, m * o->src->ne[1] + r, row);
-            lmoe_row_from_f32(o->type, row, (char *)dst + (m * rows_per_matrix + r) * out_row_bytes,
-                      out_cols);
+            for (uint64_t r = r0; r < r0 + batch; r++)
+                if (r < o->src->ne[1])
+                    source_row(o->src, m * o->src->ne[1] + r, rows + (r - r0) * out_cols);
+            char *out = (char *)dst + (m * rows_per_matrix + r0) * out_row_bytes;
+            if (o->type == LMOE_TYPE_Q4_0_R16)
+                lmoe_quantize_rows_q4_0_r16(rows, (block_q4_0_r16 *)out, out_cols);
+            else
+                lmoe_row_from_f32(o->type, rows, out, out_cols);
         }
     }
-    free(row);
+    free(rows);
     return LMOE_OK;
 }
 
@@ -125,9 +135,10 @@ static lmoe_status read_n_ff(const gguf_file *f, char *key, size_t key_size, uin
 static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
                                  const quantize_options *o, out_tensor **plan, gguf_writer **w) {
     RETURN_ERROR_IF(o->type != GGML_TYPE_Q8_0 && o->type != GGML_TYPE_Q4_0 &&
-                        o->type != GGML_TYPE_F16 && o->type != GGML_TYPE_BF16 &&
-                        o->type != GGML_TYPE_F32,
-                    LMOE_ERR_INVALID_ARGUMENT, "quantize: --type must be q8_0, q4_0, bf16 or f16");
+                        o->type != LMOE_TYPE_Q4_0_R16 && o->type != GGML_TYPE_F16 &&
+                        o->type != GGML_TYPE_BF16 && o->type != GGML_TYPE_F32,
+                    LMOE_ERR_INVALID_ARGUMENT,
+                    "quantize: --type must be q8_0, q4_0, q4_0_r16, bf16 or f16");
     char ff_key[128];
     uint32_t n_ff;
     FORWARD_IF_ERROR(read_n_ff(f, ff_key, sizeof ff_key, &n_ff));
@@ -161,9 +172,10 @@ static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
         uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
         bytes_out += n / ggml_type_block_elems(t->type) * ggml_type_block_bytes(t->type);
     }
-    report(o, "%llu tensors: %.1f MB -> %.1f MB (%s for the weight matrices)",
+    report(o, "%llu tensors: %.1f MB -> %.1f MB (%s for the weight matrices%s)",
            (unsigned long long)f->n_tensors, (double)bytes_in / 1e6, (double)bytes_out / 1e6,
-           ggml_type_name(o->type));
+           ggml_type_name(o->type),
+           o->type == LMOE_TYPE_Q4_0_R16 ? "; q4_0 where rows are not whole groups of 16" : "");
     gguf_writer_set_progress(*w, on_written, (void *)o);
     return gguf_writer_write(*w, out_path);
 }
