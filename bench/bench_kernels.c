@@ -2,7 +2,8 @@
  *
  *   bench_kernels [N_ROWS] [N_COLS] [REPEATS]        (default 4096 4096 5)
  *
- * For f32, f16, bf16, Q8_0 and Q4_0 weights: W (N_ROWS, N_COLS) @ x, all rows, timed over
+ * For f32, f16, bf16, Q8_0, Q4_0 and Q4_0_R16 (Q4_0 with 16 rows interleaved; N_ROWS a multiple
+ * of 16) weights: W (N_ROWS, N_COLS) @ x, all rows, timed over
  * repeated passes (each repeat at least 0.2 s; the median repeat is reported). GB/s counts weight
  * bytes only (for Q8_0 / Q4_0 the blocks, scales included: 34 / 18 bytes per 32 weights), the
  * figure decode is limited by (x and y are small and stay in cache); "of f32" is that figure over
@@ -12,7 +13,7 @@
  * per core; a second, cache-resident size (256 x 1024) shows how fast the kernel itself is.
  * N_COLS must be a multiple of 32 for the quantised types (otherwise they are skipped).
  *
- * Then the batched (prefill) products: W (N_ROWS, N_COLS) in Q8_0 / Q4_0 times 8, 32 and 128
+ * Then the batched (prefill) products: W (N_ROWS, N_COLS) in Q8_0 / Q4_0 / Q4_0_R16 times 8, 32 and 128
  * tokens, with each table's gemm kernel where it has one and, for comparison, its matvec token by
  * token over blocks of 16 rows (what the forward pass does without a gemm kernel); GOP/s counts
  * 2 ops per multiply-add, to set against llamamoe-bench's measured int8 peak.
@@ -32,8 +33,8 @@
 
 
 
-typedef enum weight_type { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, N_WEIGHT_TYPES } weight_type;
-static const char *const type_names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+typedef enum weight_type { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, W_Q4_0_R16, N_WEIGHT_TYPES } weight_type;
+static const char *const type_names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_0_r16"};
 
 typedef struct matrix {
     size_t n_rows, n_cols;
@@ -42,6 +43,7 @@ typedef struct matrix {
     uint16_t *bf16; /* and as bfloat16 */
     block_q8_0 *q8; /* and as Q8_0 / Q4_0 blocks (NULL when n_cols is not a multiple of 32) */
     block_q4_0 *q4;
+    block_q4_0_r16 *q4r; /* and as Q4_0_R16 (NULL unless n_rows is also a multiple of 16) */
     block_q8_0 *x_q8; /* x quantised, for the Q8_0 / Q4_0 products */
 } matrix;
 
@@ -73,6 +75,8 @@ static void run_matvec(void *arg) {
         c->k->matvec_q8_0(m->q8, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
     else if (c->type == W_Q4_0)
         c->k->matvec_q4_0(m->q4, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
+    else if (c->type == W_Q4_0_R16)
+        c->k->matvec_q4_0_r16(m->q4r, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
     else if (c->type == W_F16)
         c->k->matvec_f16(m->f16, c->x, c->y, m->n_cols, 0, m->n_rows);
     else if (c->type == W_BF16)
@@ -95,7 +99,7 @@ static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
     m->f32 = malloc(n * sizeof *m->f32);
     m->f16 = malloc(n * sizeof *m->f16);
     m->bf16 = malloc(n * sizeof *m->bf16);
-    m->q8 = NULL, m->q4 = NULL, m->x_q8 = NULL;
+    m->q8 = NULL, m->q4 = NULL, m->q4r = NULL, m->x_q8 = NULL;
     if (!m->f32 || !m->f16 || !m->bf16) return -1;
     uint64_t state = 0x243F6A8885A308D3ull;
     for (size_t i = 0; i < n; i++) {
@@ -113,6 +117,14 @@ static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
         lmoe_quantize_row_q8_0(m->f32, m->q8, n);
         lmoe_quantize_row_q4_0(m->f32, m->q4, n);
     }
+    if (m->q4 && n_rows % LMOE_R16_ROWS == 0) {
+        size_t n_blocks = n_cols / LMOE_QK;
+        m->q4r = malloc(n / LMOE_QK * sizeof(block_q4_0));
+        if (!m->q4r) return -1;
+        for (size_t g = 0; g < n_rows / LMOE_R16_ROWS; g++)
+            lmoe_q4_0_to_r16(m->q4 + g * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
+                             m->q4r + g * n_blocks);
+    }
     return 0;
 }
 
@@ -122,6 +134,7 @@ static void matrix_free(matrix *m) {
     free(m->bf16);
     free(m->q8);
     free(m->q4);
+    free(m->q4r);
     free(m->x_q8);
 }
 
@@ -155,7 +168,7 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
     for (size_t j = 0; j < n_cols; j++) x[j] = (float)(j % 17) * 0.0625f - 0.5f;
     printf("matvec %zu x %zu, 1 thread (median of %d)\n", n_rows, n_cols, repeats);
     if (m.x_q8) lmoe_kernels_generic()->quantize_q8_0(x, m.x_q8, n_cols);
-    printf("  %-10s %-5s %9s %9s %8s %8s %7s\n", "table", "type", "MiB", "ms/call", "GB/s",
+    printf("  %-10s %-8s %9s %9s %8s %8s %7s\n", "table", "type", "MiB", "ms/call", "GB/s",
            "GFLOP/s", "of f32");
     for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
         const lmoe_kernels *k = lmoe_kernels_by_name(*name);
@@ -166,10 +179,11 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
         double f32_gbs = 0.0;
         for (int type = W_F32; type < N_WEIGHT_TYPES; type++) {
             if ((type == W_Q8_0 || type == W_Q4_0) && m.q8 == NULL) continue;
+            if (type == W_Q4_0_R16 && m.q4r == NULL) continue;
             double s = time_matvec(k, (weight_type)type, &m, x, y, repeats);
             double bytes = weight_bytes(&m, (weight_type)type), gbs = bytes / s * 1e-9;
             if (type == W_F32) f32_gbs = gbs;
-            printf("  %-10s %-5s %9.1f %9.3f %8.2f %8.2f %6.0f%%\n", k->name, type_names[type],
+            printf("  %-10s %-8s %9.1f %9.3f %8.2f %8.2f %6.0f%%\n", k->name, type_names[type],
                    bytes / 1048576.0, s * 1e3, gbs, 2.0 * (double)(n_rows * n_cols) / s * 1e-9,
                    100.0 * gbs / f32_gbs);
         }
@@ -187,7 +201,8 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
 /* One batched product over all rows: gemm, or matvec per token in 16-row blocks. */
 typedef struct batched_call {
     const lmoe_kernels *k;
-    int q4, use_gemm;
+    weight_type type; /* W_Q8_0, W_Q4_0 or W_Q4_0_R16 */
+    int use_gemm;
     const matrix *m;
     const lmoe_q8_batch *xb;
     float *y;
@@ -198,24 +213,27 @@ static void run_batched(void *arg) {
     const batched_call *c = arg;
     const lmoe_kernels *k = c->k;
     const matrix *m = c->m;
-    const void *w = c->q4 ? (const void *)m->q4 : (const void *)m->q8;
+    const void *w = c->type == W_Q8_0 ? (const void *)m->q8
+                    : c->type == W_Q4_0 ? (const void *)m->q4 : (const void *)m->q4r;
     size_t n_blocks = m->n_cols / LMOE_QK;
     if (c->use_gemm) {
-        (c->q4 ? k->gemm_q4_0 : k->gemm_q8_0)(w, c->xb, c->y, m->n_rows, m->n_cols, 0, m->n_rows,
-                                              c->scratch);
+        lmoe_gemm_fn gemm = c->type == W_Q8_0 ? k->gemm_q8_0
+                            : c->type == W_Q4_0 ? k->gemm_q4_0 : k->gemm_q4_0_r16;
+        gemm(w, c->xb, c->y, m->n_rows, m->n_cols, 0, m->n_rows, c->scratch);
         return;
     }
+    void (*matvec)(const void *, const void *, float *, size_t, size_t, size_t) =
+        c->type == W_Q8_0 ? k->matvec_q8_0 : c->type == W_Q4_0 ? k->matvec_q4_0 : k->matvec_q4_0_r16;
     for (size_t r0 = 0; r0 < m->n_rows; r0 += 16) {
         size_t r1 = r0 + 16 < m->n_rows ? r0 + 16 : m->n_rows;
         for (size_t t = 0; t < c->xb->n_tokens; t++)
-            (c->q4 ? k->matvec_q4_0 : k->matvec_q8_0)(w, c->xb->blocks + t * n_blocks,
-                                                      c->y + t * m->n_rows, m->n_cols, r0, r1);
+            matvec(w, c->xb->blocks + t * n_blocks, c->y + t * m->n_rows, m->n_cols, r0, r1);
     }
 }
 
-static double time_batched(const lmoe_kernels *k, int q4, const matrix *m, int use_gemm,
+static double time_batched(const lmoe_kernels *k, weight_type type, const matrix *m, int use_gemm,
                            const lmoe_q8_batch *xb, float *y, void *scratch, int repeats) {
-    batched_call c = {k, q4, use_gemm, m, xb, y, scratch};
+    batched_call c = {k, type, use_gemm, m, xb, y, scratch};
     return bench_seconds_per_call(run_batched, &c, repeats, 0.2);
 }
 
@@ -238,25 +256,27 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
     lmoe_q8_0_block_stats(xq, n_blocks * MAX_TOKENS, sums, scales);
     printf("batched %zu x %zu, 1 thread (median of %d): GOP/s (2 per multiply-add)\n", n_rows,
            n_cols, repeats);
-    printf("  %-10s %-5s %7s %12s %16s %8s\n", "table", "type", "tokens", "gemm GOP/s",
+    printf("  %-10s %-8s %7s %12s %16s %8s\n", "table", "type", "tokens", "gemm GOP/s",
            "matvec/tok GOP/s", "ratio");
     for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
         const lmoe_kernels *k = lmoe_kernels_by_name(*name);
         if (k == NULL) continue;
-        for (int q4 = 0; q4 <= 1; q4++)
+        for (int type = W_Q8_0; type <= W_Q4_0_R16; type++) {
+            if (type == W_Q4_0_R16 && m.q4r == NULL) continue;
             for (size_t i = 0; i < sizeof token_counts / sizeof *token_counts; i++) {
                 lmoe_q8_batch xb = {xq, sums, scales, token_counts[i], n_blocks};
                 double ops = 2.0 * (double)(n_rows * n_cols * token_counts[i]);
-                double s_mv = time_batched(k, q4, &m, 0, &xb, y, scratch, repeats);
+                double s_mv = time_batched(k, (weight_type)type, &m, 0, &xb, y, scratch, repeats);
                 if (k->gemm_q8_0) {
-                    double s_g = time_batched(k, q4, &m, 1, &xb, y, scratch, repeats);
-                    printf("  %-10s %-5s %7zu %12.1f %16.1f %7.2fx\n", k->name, q4 ? "q4_0" : "q8_0",
+                    double s_g = time_batched(k, (weight_type)type, &m, 1, &xb, y, scratch, repeats);
+                    printf("  %-10s %-8s %7zu %12.1f %16.1f %7.2fx\n", k->name, type_names[type],
                            token_counts[i], ops / s_g * 1e-9, ops / s_mv * 1e-9, s_mv / s_g);
                 } else {
-                    printf("  %-10s %-5s %7zu %12s %16.1f\n", k->name, q4 ? "q4_0" : "q8_0",
+                    printf("  %-10s %-8s %7zu %12s %16.1f\n", k->name, type_names[type],
                            token_counts[i], "-", ops / s_mv * 1e-9);
                 }
             }
+        }
     }
     matrix_free(&m);
     free(x), free(y), free(xq), free(sums), free(scales), free(scratch);
