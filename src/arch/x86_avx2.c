@@ -444,6 +444,7 @@ static ALWAYS_INLINE void r16_group(const block_q4_0_r16 *g, const block_q8_0 *x
     __m256 acc[2];
     for (int h = 0; h < 2; h++) acc[h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + 8 * h);
     for (size_t b = 0; b < n_blocks; b++) {
+        r16_prefetch(&g[b]);
         __m256i pairs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int k = 0; k < 4; k++) {
             __m256i x_lo = broadcast_4_bytes((const char *)x[b].qs + 4 * k);

@@ -422,6 +422,7 @@ static ALWAYS_INLINE void r16_group(const block_q4_0_r16 *g, const block_q8_0 *x
     const __m512i low = _mm512_set1_epi8(0x0f);
     __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y);
     for (size_t b = 0; b < n_blocks; b++) {
+        r16_prefetch(&g[b]);
         /* two chains of dot products (low and high nibbles), to halve the latency per block */
         __m512i dot_lo = _mm512_set1_epi32(x_start[b]), dot_hi = _mm512_setzero_si512();
         for (int k = 0; k < 4; k++) {

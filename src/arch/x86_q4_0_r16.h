@@ -17,6 +17,19 @@
 
 #define R16_X_BLOCKS 256
 
+/* How far ahead of the block being read its bytes are prefetched (into L2; into L1 the requests
+ * stall on the fill buffers). A thread's rows are one sequential stream, but the file's pages
+ * are 4 KiB and the hardware prefetcher stops at each page's end: without this, decode at 4/16
+ * with 2 threads ran at 10.0-10.6 tokens/s, with it 12.2-12.8 (2048: 11.8-12.0, 4096: 11.7). */
+#define R16_PREFETCH_BYTES 3072
+
+/* Prefetches the 288 bytes R16_PREFETCH_BYTES past the block at blk (addresses past the matrix
+ * are harmless: a prefetch never faults). */
+static inline __attribute__((always_inline)) void r16_prefetch(const block_q4_0_r16 *blk) {
+    const char *p = (const char *)blk + R16_PREFETCH_BYTES;
+    for (int line = 0; line < 5; line++) _mm_prefetch(p + 64 * line, _MM_HINT_T1);
+}
+
 /* y[0..16) (+)= the group g's rows over blocks [0, n_blocks) of x: from 0 when first, else
  * adding to y's partial sums, block after block. */
 typedef void (*r16_group_fn)(const block_q4_0_r16 *g, const block_q8_0 *x, const int32_t *x_start,
