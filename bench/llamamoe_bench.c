@@ -17,7 +17,8 @@
  *    does. A file that would not fit on the disk, or in memory, is refused before it is written.
  * 3. Each (shape, type, thread count) is measured in a child process of its own (so its peak RSS is
  *    its own): load time (model load + context create on a warm page cache), decode tokens/s (median
- *    token of --decode tokens, n_ctx 1024), prefill tokens/s (one lmoe_eval of N tokens), and how
+ *    token of --decode tokens, n_ctx 1024), prefill tokens/s (one lmoe_eval of N tokens after an
+ *    untimed one, as llama-bench warms up), and how
  *    those compare with the limits of step 1: decode GB/s against the read bandwidth measured again
  *    just before that row (the machine may be shared), prefill GFLOP/s against threads x the
  *    per-core peak. Markdown on stdout; progress on stderr.
@@ -930,11 +931,15 @@ static void measure(const char *path, const bench_options *o, int n_threads, run
     for (int i = 0; logits && i < info.n_vocab; i++)
         if (!isfinite(logits[i])) r->logits_finite = 0;
 
-    /* prefill: one lmoe_eval of N tokens on an empty context; repeated (median of 3) only when a
-     * run is short, so the full-size shapes stay within minutes */
+    /* prefill: one lmoe_eval of N tokens on an empty context, after one untimed run of the same
+     * N (as llama-bench warms up: the first prompt of a context also takes the page faults of
+     * the KV cache and scratch it touches first); repeated (median of 3) only when a run is
+     * short, so the full-size shapes stay within minutes */
     for (int p = 0; p < o->n_prefill; p++) {
         double pt[3];
         int reps = 0;
+        lmoe_context_reset(ctx);
+        if ((st = lmoe_eval(ctx, tok, (size_t)o->prefill[p])) != LMOE_OK) goto fail;
         do {
             lmoe_context_reset(ctx);
             double s0 = bench_now();
@@ -1173,7 +1178,8 @@ static void print_table_header(const bench_options *o) {
     printf("## Results\n\n");
     printf("Decode: median token of %d (after one eval of 64/k tokens that touches the weights, "
            "and 2 tokens of warm-up), n_ctx 1024. Prefill ppN: one lmoe_eval of N tokens on an empty context "
-           "(median of 3 when a run takes under 1 s). GFLOP/s = 2 × (attention + gate + k experts) "
+           "after an untimed one of the same N, as llama-bench warms up (median of 3 when a run takes "
+           "under 1 s). GFLOP/s = 2 × (attention + gate + k experts) "
            "params × N (+ the classifier once, for the last token's logits); attention scores not "
            "counted. %% peak: of threads × the per-core f32 FMA peak for float types, of threads × "
            "the per-core int8 dot peak for q8_0/q4_0. BW now: read bandwidth with the same thread "
