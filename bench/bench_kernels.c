@@ -204,7 +204,8 @@ typedef struct batched_call {
     weight_type type; /* W_Q8_0, W_Q4_0 or W_Q4_0_R16 */
     int use_gemm;
     const matrix *m;
-    const lmoe_q8_batch *xb;
+    const lmoe_q8_batch *xb; /* x packed for gemm */
+    const block_q8_0 *xq;    /* the same tokens' blocks, for matvec */
     float *y;
     void *scratch;
 } batched_call;
@@ -227,13 +228,14 @@ static void run_batched(void *arg) {
     for (size_t r0 = 0; r0 < m->n_rows; r0 += 16) {
         size_t r1 = r0 + 16 < m->n_rows ? r0 + 16 : m->n_rows;
         for (size_t t = 0; t < c->xb->n_tokens; t++)
-            matvec(w, c->xb->blocks + t * n_blocks, c->y + t * m->n_rows, m->n_cols, r0, r1);
+            matvec(w, c->xq + t * n_blocks, c->y + t * m->n_rows, m->n_cols, r0, r1);
     }
 }
 
 static double time_batched(const lmoe_kernels *k, weight_type type, const matrix *m, int use_gemm,
-                           const lmoe_q8_batch *xb, float *y, void *scratch, int repeats) {
-    batched_call c = {k, type, use_gemm, m, xb, y, scratch};
+                           const lmoe_q8_batch *xb, const block_q8_0 *xq, float *y, void *scratch,
+                           int repeats) {
+    batched_call c = {k, type, use_gemm, m, xb, xq, y, scratch};
     return bench_seconds_per_call(run_batched, &c, repeats, 0.2);
 }
 
@@ -244,16 +246,13 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
     size_t n_blocks = n_cols / LMOE_QK;
     float *x = malloc(n_cols * MAX_TOKENS * sizeof *x), *y = malloc(n_rows * MAX_TOKENS * sizeof *y);
     block_q8_0 *xq = malloc(n_blocks * MAX_TOKENS * sizeof *xq);
-    int32_t *sums = malloc(n_blocks * MAX_TOKENS * sizeof *sums);
-    float *scales = malloc(n_blocks * MAX_TOKENS * sizeof *scales);
     void *scratch = aligned_alloc(64, LMOE_GEMM_SCRATCH_BYTES(n_cols));
-    if (matrix_init(&m, n_rows, n_cols) != 0 || !x || !y || !xq || !sums || !scales || !scratch) {
+    if (matrix_init(&m, n_rows, n_cols) != 0 || !x || !y || !xq || !scratch) {
         fprintf(stderr, "bench_kernels: out of memory\n");
         exit(1);
     }
     for (size_t j = 0; j < n_cols * MAX_TOKENS; j++) x[j] = (float)(j % 23) * 0.0625f - 0.7f;
     lmoe_quantize_row_q8_0(x, xq, n_cols * MAX_TOKENS);
-    lmoe_q8_0_block_stats(xq, n_blocks * MAX_TOKENS, sums, scales);
     printf("batched %zu x %zu, 1 thread (median of %d): GOP/s (2 per multiply-add)\n", n_rows,
            n_cols, repeats);
     printf("  %-10s %-8s %7s %12s %16s %8s\n", "table", "type", "tokens", "gemm GOP/s",
@@ -261,14 +260,23 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
     for (const char *const *name = lmoe_kernels_compiled(); *name; name++) {
         const lmoe_kernels *k = lmoe_kernels_by_name(*name);
         if (k == NULL) continue;
+        /* x in the table's packed layout, for its batched kernels (packing not timed: the
+         * forward pass does it while quantising) */
+        void *packed = NULL;
+        if (k->gemm_pack_token) {
+            packed = aligned_alloc(64, (k->gemm_x_bytes(MAX_TOKENS, n_blocks) + 63) / 64 * 64);
+            if (!packed) exit(1);
+            for (size_t t = 0; t < MAX_TOKENS; t++)
+                k->gemm_pack_token(xq + t * n_blocks, t, n_blocks, packed);
+        }
         for (int type = W_Q8_0; type <= W_Q4_0_R16; type++) {
             if (type == W_Q4_0_R16 && m.q4r == NULL) continue;
             for (size_t i = 0; i < sizeof token_counts / sizeof *token_counts; i++) {
-                lmoe_q8_batch xb = {xq, sums, scales, token_counts[i], n_blocks};
+                lmoe_q8_batch xb = {packed, token_counts[i], n_blocks};
                 double ops = 2.0 * (double)(n_rows * n_cols * token_counts[i]);
-                double s_mv = time_batched(k, (weight_type)type, &m, 0, &xb, y, scratch, repeats);
+                double s_mv = time_batched(k, (weight_type)type, &m, 0, &xb, xq, y, scratch, repeats);
                 if (k->gemm_q8_0) {
-                    double s_g = time_batched(k, (weight_type)type, &m, 1, &xb, y, scratch, repeats);
+                    double s_g = time_batched(k, (weight_type)type, &m, 1, &xb, xq, y, scratch, repeats);
                     printf("  %-10s %-8s %7zu %12.1f %16.1f %7.2fx\n", k->name, type_names[type],
                            token_counts[i], ops / s_g * 1e-9, ops / s_mv * 1e-9, s_mv / s_g);
                 } else {
@@ -277,9 +285,10 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
                 }
             }
         }
+        free(packed);
     }
     matrix_free(&m);
-    free(x), free(y), free(xq), free(sums), free(scales), free(scratch);
+    free(x), free(y), free(xq), free(scratch);
 }
 
 enum { ATT_N = 512, ATT_HD = 128, ATT_BLOCK = 16 };

@@ -198,7 +198,8 @@ static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p)
     int n_threads = p->n_threads ? p->n_threads : threadpool_cpu_count();
     uint32_t n_batch = p->n_batch ? p->n_batch : FORWARD_DEFAULT_BATCH;
     if (n_batch > ctx->n_ctx) n_batch = ctx->n_ctx;
-    FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->n_ctx, n_batch, n_threads));
+    ctx->kernels = lmoe_kernels_select();
+    FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->kernels, ctx->n_ctx, n_batch, n_threads));
     if (hp->n_expert) {
         size_t n_counts = (size_t)hp->n_layer * hp->n_expert;
         ctx->expert_counts = calloc(n_counts, sizeof *ctx->expert_counts);
@@ -207,7 +208,6 @@ static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p)
                         LMOE_ERR_OUT_OF_MEMORY, "out of memory for expert counts");
     }
     FORWARD_IF_ERROR(threadpool_create(n_threads, &ctx->pool));
-    ctx->kernels = lmoe_kernels_select();
     lmoe_log(&ctx->logger, LMOE_LOG_INFO, "context: %u tokens, batches of %u, %d threads, kernels %s",
              ctx->n_ctx, n_batch, n_threads, ctx->kernels->name);
     return LMOE_OK;

@@ -35,11 +35,11 @@ typedef struct forward_state {
     float *rope;         /* (B, head_dim) cos and sin of each token's RoPE angles */
     block_q8_0 *x_q8;    /* (max(B, 32), max(n_embd, n_ff) / 32) activations quantised for Q8_0 /
                             Q4_0 weights */
-    int32_t *x_sums;     /* the same shape: each block's quant sum, for the batched kernels */
-    float *x_scales;     /* the same shape: each block's scale as f32 */
+    void *x_packed;      /* a batch of x_q8 packed for the table's batched kernels (NULL without
+                            them) */
     const float *x_q8_of; /* what x_q8 holds (NULL: unknown): activations at x_q8_of, */
     size_t x_q8_ldx, x_q8_tokens, x_q8_cols; /* row stride, tokens and columns */
-    void *gemm_scratch;  /* (n_threads, gemm_scratch_stride bytes), 64-byte aligned */
+    void *gemm_scratch;  /* (n_threads, gemm_scratch_stride bytes), 64-byte aligned (with x_packed) */
     size_t gemm_scratch_stride;
     float *key_cache;    /* (n_layer, n_head_kv, n_ctx, head_dim), RoPE applied */
     float *value_cache;  /* (n_layer, n_head_kv, n_ctx, head_dim) */
@@ -72,8 +72,8 @@ struct lmoe_context {
 };
 
 /* forward.c */
-lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx,
-                               uint32_t n_batch, int n_threads);
+lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, const lmoe_kernels *k,
+                               uint32_t n_ctx, uint32_t n_batch, int n_threads);
 void forward_state_free(forward_state *s);
 /* Runs the transformer on n_tokens (1..state.n_batch) tokens at positions pos0.., writing
  * their keys and values into the cache; computes the last token's logits when want_logits.

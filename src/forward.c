@@ -32,8 +32,8 @@ static float *alloc_rows(size_t rows, size_t width, bool *ok) {
     return p;
 }
 
-lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32_t n_ctx,
-                               uint32_t n_batch, int n_threads) {
+lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, const lmoe_kernels *k,
+                               uint32_t n_ctx, uint32_t n_batch, int n_threads) {
     memset(s, 0, sizeof *s);
     size_t kv_elems = (size_t)hp->n_layer * n_ctx * hp->n_embd_kv;
     RETURN_ERROR_IF(kv_elems / n_ctx / hp->n_layer != hp->n_embd_kv ||
@@ -56,11 +56,14 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, uint32
     size_t max_cols = hp->n_embd > hp->n_ff ? hp->n_embd : hp->n_ff;
     size_t q8_blocks = (B > 32 ? B : 32) * (max_cols / LMOE_QK + 1);
     s->x_q8 = calloc(q8_blocks, sizeof(block_q8_0));
-    s->x_sums = calloc(q8_blocks, sizeof(int32_t));
-    s->x_scales = calloc(q8_blocks, sizeof(float));
-    s->gemm_scratch_stride = (LMOE_GEMM_SCRATCH_BYTES(max_cols) + 63) / 64 * 64;
-    s->gemm_scratch = aligned_alloc(64, (size_t)n_threads * s->gemm_scratch_stride);
-    ok = ok && s->x_q8 && s->x_sums && s->x_scales && s->gemm_scratch;
+    ok = ok && s->x_q8;
+    if (k->gemm_pack_token) { /* the batched kernels' copy of a batch's activations, and scratch */
+        size_t packed = (k->gemm_x_bytes(B, max_cols / LMOE_QK) + 63) / 64 * 64;
+        s->x_packed = aligned_alloc(64, packed ? packed : 64);
+        s->gemm_scratch_stride = (LMOE_GEMM_SCRATCH_BYTES(max_cols) + 63) / 64 * 64;
+        s->gemm_scratch = aligned_alloc(64, (size_t)n_threads * s->gemm_scratch_stride);
+        ok = ok && s->x_packed && s->gemm_scratch;
+    }
     s->key_cache = calloc(kv_elems, sizeof(float));
     s->value_cache = calloc(kv_elems, sizeof(float));
     ok = ok && s->key_cache && s->value_cache;
@@ -95,8 +98,7 @@ void forward_state_free(forward_state *s) {
     free(s->logits);
     free(s->rope);
     free(s->x_q8);
-    free(s->x_sums);
-    free(s->x_scales);
+    free(s->x_packed);
     free(s->gemm_scratch);
     free(s->key_cache);
     free(s->value_cache);
@@ -125,7 +127,7 @@ typedef struct matmul_job {
     size_t ldy;
     size_t n_tokens;
     size_t n_cols;
-    lmoe_q8_batch batch;     /* x_q8 with its block sums and scales, for the batched kernels */
+    lmoe_q8_batch batch;     /* x_q8 packed for the batched kernels */
     char *scratch;           /* per thread, scratch_stride bytes apart */
     size_t scratch_stride;
 } matmul_job;
@@ -187,11 +189,10 @@ typedef struct quantize_job {
     const float *x;          /* (n_tokens, n_cols; stride ldx) */
     size_t ldx, n_cols;
     block_q8_0 *x_q8;        /* (n_tokens, n_cols / 32) out */
-    int32_t *sums;           /* the same shape, or NULL: block sums for the batched kernels */
-    float *scales;           /* the same shape (with sums): block scales as f32 */
+    void *packed;            /* NULL, or the same packed for the batched kernels */
 } quantize_job;
 
-/* Tokens [begin, end): quantised, with their block sums and scales when asked for. */
+/* Tokens [begin, end): quantised, and packed for the batched kernels when asked for. */
 static void quantize_rows(void *arg, size_t begin, size_t end, int thread_id) {
     (void)thread_id;
     const quantize_job *job = arg;
@@ -199,8 +200,7 @@ static void quantize_rows(void *arg, size_t begin, size_t end, int thread_id) {
     for (size_t t = begin; t < end; t++) {
         block_q8_0 *q = job->x_q8 + t * n_blocks;
         job->k->quantize_q8_0(job->x + t * job->ldx, q, job->n_cols);
-        if (job->sums)
-            lmoe_q8_0_block_stats(q, n_blocks, job->sums + t * n_blocks, job->scales + t * n_blocks);
+        if (job->packed) job->k->gemm_pack_token(q, t, n_blocks, job->packed);
     }
 }
 
@@ -210,21 +210,21 @@ weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols) {
     return w;
 }
 
-/* x's quantised form in the state (blocks, and block sums and scales for a batched kernel), unless
+/* x's quantised form in the state (blocks, and their packed copy for a batched kernel), unless
  * it holds exactly this x already and the caller says x has not changed since. */
 static void quantise_input(lmoe_context *ctx, const float *x, size_t ldx, size_t n_tokens,
                            size_t n_cols, bool may_reuse) {
     forward_state *s = &ctx->state;
     const lmoe_kernels *k = ctx->kernels;
-    /* block sums and scales only for a table's batched kernel (either type: the rows may be
-     * reused by a product of the other one) */
-    bool stats = n_tokens > 1 && (k->gemm_q8_0 || k->gemm_q4_0 || k->gemm_q4_0_r16);
+    /* packed only for a table's batched kernels (for any weight type: the rows may be reused by
+     * a product of another one) */
+    bool pack = n_tokens > 1 && k->gemm_pack_token;
     if (may_reuse && s->x_q8_of == x && s->x_q8_ldx == ldx && s->x_q8_tokens == n_tokens &&
         s->x_q8_cols == n_cols)
         return;
     /* a batch's tokens on the pool: done on one thread it would cost prefill its 2-thread
      * scaling */
-    quantize_job q = {k, x, ldx, n_cols, s->x_q8, stats ? s->x_sums : NULL, s->x_scales};
+    quantize_job q = {k, x, ldx, n_cols, s->x_q8, pack ? s->x_packed : NULL};
     if (n_tokens >= QUANTIZE_PARALLEL_MIN_TOKENS)
         threadpool_parallel_for(ctx->pool, n_tokens, 0, quantize_rows, &q);
     else
@@ -246,8 +246,7 @@ static void matmul(lmoe_context *ctx, weight_ref w, const float *x, size_t ldx, 
         quantise_input(ctx, x, ldx, n_tokens, n_cols, may_reuse);
         bool batched = n_tokens > 1 && gemm_for(k, w.type);
         if (batched) {
-            job.batch = (lmoe_q8_batch){s->x_q8, s->x_sums, s->x_scales, n_tokens,
-                                        n_cols / LMOE_QK};
+            job.batch = (lmoe_q8_batch){s->x_packed, n_tokens, n_cols / LMOE_QK};
             fn = matmul_rows_gemm;
             granule = GEMM_ROWS_PER_PANEL;
         }

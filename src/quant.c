@@ -81,15 +81,6 @@ static int8_t quant_int8(float v, float limit) {
     return (int8_t)roundf(fminf(fmaxf(v, -limit), limit));
 }
 
-void lmoe_q8_0_block_stats(const block_q8_0 *x, size_t n_blocks, int32_t *sums, float *scales) {
-    for (size_t b = 0; b < n_blocks; b++) {
-        int32_t sum = 0;
-        for (int j = 0; j < LMOE_QK; j++) sum += x[b].qs[j];
-        sums[b] = sum;
-        scales[b] = lmoe_f16_to_f32(x[b].d);
-    }
-}
-
 void lmoe_quantize_row_q8_0(const float *x, block_q8_0 *out, size_t n) {
     for (size_t b = 0; b < n / LMOE_QK; b++, x += LMOE_QK) {
         float amax = 0.0f;

@@ -63,9 +63,6 @@ void lmoe_quantize_row_q4_0(const float *x, block_q4_0 *out, size_t n);
 void lmoe_dequantize_row_q8_0(const block_q8_0 *in, float *y, size_t n);
 void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n);
 
-/* For each of n_blocks Q8_0 blocks, the sum of its 32 quants and its scale as f32: what the batched
- * quantised kernels (kernels.h, lmoe_q8_batch) read for the activations. */
-void lmoe_q8_0_block_stats(const block_q8_0 *x, size_t n_blocks, int32_t *sums, float *scales);
 
 /* n elements (whole blocks) of a row of a weight type the library binds (f32, f16, bf16, q8_0,
  * q4_0) to f32, and from f32 with the reference rounding. Other types leave dst untouched. */

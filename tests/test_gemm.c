@@ -77,11 +77,11 @@ static size_t compare_case(const lmoe_kernels *k, weight_kind kind, const void *
                            const block_q8_0 *x, size_t n_cols, size_t n_tokens, size_t r0,
                            size_t r1, void *scratch) {
     size_t n_blocks = n_cols / LMOE_QK, ldy = N_ROWS + 3;
-    int32_t *sums = malloc(n_tokens * n_blocks * sizeof *sums);
-    float *scales = malloc(n_tokens * n_blocks * sizeof *scales);
+    void *packed = aligned_alloc(64, (k->gemm_x_bytes(n_tokens, n_blocks) + 63) / 64 * 64);
     float *y = malloc(n_tokens * ldy * sizeof *y), *want = malloc(N_ROWS * sizeof *want);
-    lmoe_q8_0_block_stats(x, n_tokens * n_blocks, sums, scales);
-    lmoe_q8_batch batch = {x, sums, scales, n_tokens, n_blocks};
+    /* packed in reverse token order: tokens are independent */
+    for (size_t t = n_tokens; t-- > 0;) k->gemm_pack_token(x + t * n_blocks, t, n_blocks, packed);
+    lmoe_q8_batch batch = {packed, n_tokens, n_blocks};
     for (size_t i = 0; i < n_tokens * ldy; i++) y[i] = SENTINEL;
     (kind == KIND_Q8_0   ? k->gemm_q8_0
      : kind == KIND_Q4_0 ? k->gemm_q4_0
@@ -100,7 +100,7 @@ static size_t compare_case(const lmoe_kernels *k, weight_kind kind, const void *
                         n_tokens, r0, r1, t, r, got, r >= r0 && r < r1 ? want[r] : SENTINEL);
         }
     }
-    free(sums), free(scales), free(y), free(want);
+    free(packed), free(y), free(want);
     return bad;
 }
 
@@ -144,7 +144,9 @@ int main(void) {
         const lmoe_kernels *k = lmoe_kernels_by_name(*name);
         if (!k) continue; /* this CPU cannot run it */
         CHECK_MSG((k->gemm_q8_0 == NULL) == (k->gemm_q4_0 == NULL) &&
-                      (k->gemm_q4_0 == NULL) == (k->gemm_q4_0_r16 == NULL),
+                      (k->gemm_q4_0 == NULL) == (k->gemm_q4_0_r16 == NULL) &&
+                      (k->gemm_q4_0 == NULL) == (k->gemm_pack_token == NULL) &&
+                      (k->gemm_q4_0 == NULL) == (k->gemm_x_bytes == NULL),
                   "table '%s' has some batched kernels but not all", k->name);
         if (!k->gemm_q8_0) {
             printf("table '%s': no batched kernels (its matvec is used token by token)\n", k->name);

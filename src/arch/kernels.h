@@ -13,13 +13,11 @@
 
 #include "quant.h"
 
-/* The activations of a batched quantised product: n_tokens rows of n_blocks Q8_0 blocks, and for
- * each block the sum of its 32 quants and its scale widened to f32 (lmoe_q8_0_block_stats fills
- * both), which the batched kernels read instead of recomputing them for every weight row. */
+/* The activations of a batched quantised product: n_tokens rows of n_blocks Q8_0 blocks, packed
+ * by the table's gemm_pack_token into the layout its batched kernels read (with what they need
+ * per block precomputed, so every (row, token) pair does not redo it). */
 typedef struct lmoe_q8_batch {
-    const block_q8_0 *blocks; /* (n_tokens, n_blocks) */
-    const int32_t *sums;      /* (n_tokens, n_blocks) */
-    const float *scales;      /* (n_tokens, n_blocks) */
+    const void *packed;       /* gemm_x_bytes(n_tokens, n_blocks) bytes, 64-byte aligned */
     size_t n_tokens;
     size_t n_blocks;
 } lmoe_q8_batch;
@@ -88,8 +86,14 @@ typedef struct lmoe_kernels {
      * matvec, token by token (the test checks both ways agree). */
     lmoe_gemm_fn gemm_q8_0;
     lmoe_gemm_fn gemm_q4_0;
-    /* The same for Q4_0_R16 (row_begin, row_end multiples of 16). A table has all three or none. */
+    /* The same for Q4_0_R16 (row_begin, row_end multiples of 16). A table has all three or none,
+     * and with them the two below. */
     lmoe_gemm_fn gemm_q4_0_r16;
+    /* The batched kernels' activation layout: its size for n_tokens rows of n_blocks blocks, and
+     * token t's blocks x (n_blocks Q8_0 blocks) written into it. Tokens are independent: threads
+     * may pack different tokens of one batch at once. */
+    size_t (*gemm_x_bytes)(size_t n_tokens, size_t n_blocks);
+    void (*gemm_pack_token)(const block_q8_0 *x, size_t token, size_t n_blocks, void *packed);
 
     /* Causal attention of one head for n_q consecutive queries, the first at position pos0: query
      * i (row i of q, rows q_stride floats apart) attends to keys and values 0 .. pos0 + i (rows of
@@ -145,6 +149,9 @@ void lmoe_avx512vnni_gemm_q4_0(const void *w, const lmoe_q8_batch *x, float *y, 
 void lmoe_avx512vnni_gemm_q4_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                    size_t n_cols, size_t row_begin, size_t row_end,
                                    void *scratch);
+size_t lmoe_avx512vnni_gemm_x_bytes(size_t n_tokens, size_t n_blocks);
+void lmoe_avx512vnni_gemm_pack_token(const block_q8_0 *x, size_t token, size_t n_blocks,
+                                     void *packed);
 
 /* The AArch64 tables (arm_neon.c; arm_neon_dotprod.c compiles it again with the dot product
  * instructions). Defined only when CMake builds them for an AArch64 target (LMOE_HAVE_ARM_NEON /

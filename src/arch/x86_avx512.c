@@ -528,6 +528,8 @@ static const lmoe_kernels avx512_table = {
     .gemm_q8_0 = lmoe_avx512vnni_gemm_q8_0,
     .gemm_q4_0 = lmoe_avx512vnni_gemm_q4_0,
     .gemm_q4_0_r16 = lmoe_avx512vnni_gemm_q4_0_r16,
+    .gemm_x_bytes = lmoe_avx512vnni_gemm_x_bytes,
+    .gemm_pack_token = lmoe_avx512vnni_gemm_pack_token,
 #endif
 };
 

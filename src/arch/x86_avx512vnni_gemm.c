@@ -1,5 +1,5 @@
-/* x86_avx512vnni_gemm.c - the avx512vnni table's batched Q8_0 / Q4_0 products (prefill): a weight
- * matrix times many tokens, as an int8 GEMM on vpdpbusd.
+/* x86_avx512vnni_gemm.c - the avx512vnni table's batched Q8_0 / Q4_0 / Q4_0_R16 products
+ * (prefill): a weight matrix times many tokens, as an int8 GEMM on vpdpbusd.
  *
  * Built with the avx512vnni table's flags (CMakeLists.txt) and reached only through that table.
  *
@@ -10,14 +10,23 @@
  * token's 4 quants are broadcast from memory, so vpdpbusd leaves every lane holding its own row's
  * running dot product: after the 8 groups of a block, 16 exact block dot products with no
  * reduction. Every weight register then serves GEMM_TOKENS tokens and every broadcast
- * GEMM_GROUPS x 16 rows.
+ * GEMM_GROUPS x 16 rows. (Q4_0_R16 is stored almost as the panel is: its unpacking is two ANDs
+ * and a shift per register.)
+ *
+ * The activations come packed (gemm_pack_token, while the forward pass quantises them): per tile
+ * of GEMM_TOKENS tokens and block, their quants, the lanes' start values and their scales side by
+ * side, so the tile walks one pointer. Read from each token's own blocks, the tile's 18 pointers
+ * and index registers spilled and every start value took scalar work and a broadcast from a
+ * general register: packed, the 4096 x 4096 GEMM at 128 tokens went from 386 / 414 / 451 to
+ * 446 / 460 / 487 GOP/s (Q8_0 / Q4_0 / Q4_0_R16, one thread, bench_kernels).
  *
  * Exactness: vpdpbusd multiplies unsigned by signed bytes. The panel stores Q8_0 weights biased
  * to unsigned (w + 128) and Q4_0's nibbles q as they are (0..15); each lane starts at -128 (or -8)
  * times the block's sum of x quants, so it ends at the exact integer dot product, as in the matvec
  * kernels. The float part is generic's, per row and token: sum = fma(dot, d_w * d_x, sum), block
- * after block. So every output equals matvec_q8_0 / matvec_q4_0 of x86_avx512.c (and
- * generic.c) bit for bit, whatever the number of tokens or rows; test_kernels.c checks it. */
+ * after block. So every output equals matvec_q8_0 / matvec_q4_0 / matvec_q4_0_r16 of
+ * x86_avx512.c (and generic.c) bit for bit, whatever the number of tokens or rows; test_gemm.c
+ * checks it. */
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
 
@@ -137,6 +146,40 @@ static ALWAYS_INLINE void pack_panel_r16(const block_q4_0_r16 *w, size_t n_group
     }
 }
 
+/* The activations of a tile of GEMM_TOKENS tokens for one block, interleaved so that the tile
+ * walks one pointer: the tokens' 32 quants, each lane's start value for either bias (-128 or -8
+ * times the block's sum of quants) and the tokens' scales. A batch is its tiles (the last one
+ * partly used) of n_blocks of these each. */
+typedef struct tile_x {
+    int8_t qs[GEMM_TOKENS][LMOE_QK];
+    int32_t start[2][GEMM_TOKENS]; /* [0]: Q8_0's -128 * sum, [1]: Q4_0's -8 * sum */
+    float scale[GEMM_TOKENS];
+} tile_x;
+
+size_t lmoe_avx512vnni_gemm_x_bytes(size_t n_tokens, size_t n_blocks) {
+    return (n_tokens + GEMM_TOKENS - 1) / GEMM_TOKENS * n_blocks * sizeof(tile_x);
+}
+
+void lmoe_avx512vnni_gemm_pack_token(const block_q8_0 *x, size_t token, size_t n_blocks,
+                                     void *packed) {
+    tile_x *tiles = (tile_x *)packed + token / GEMM_TOKENS * n_blocks;
+    size_t slot = token % GEMM_TOKENS;
+    for (size_t b = 0; b < n_blocks; b++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        _mm256_storeu_si256((__m256i *)tiles[b].qs[slot], q);
+        /* the sum of the 32 quants: 1 x q in pairs, then pairs of those, then across lanes */
+        __m256i s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+                                       _mm256_set1_epi16(1));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        int32_t sum = _mm_cvtsi128_si32(s4);
+        tiles[b].start[0][slot] = -128 * sum;
+        tiles[b].start[1][slot] = -8 * sum;
+        tiles[b].scale[slot] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x[b].d)));
+    }
+}
+
 /* The 4 quants at p as one int32, in every lane. */
 static ALWAYS_INLINE __m512i broadcast_quad(const int8_t *p) {
     int32_t v;
@@ -144,28 +187,19 @@ static ALWAYS_INLINE __m512i broadcast_quad(const int8_t *p) {
     return _mm512_set1_epi32(v);
 }
 
-/* y rows for tokens t0 .. t0 + NT - 1 and NG groups of 16 rows from the panel; mask: the valid
- * rows of the last group. */
-static ALWAYS_INLINE void tile(const uint8_t *panel, const lmoe_q8_batch *x, size_t t0, int NT,
-                               int NG, __mmask16 last_mask, int q4, float *y, size_t ldy) {
-    const size_t n_blocks = x->n_blocks;
-    const int32_t bias_shift = q4 ? 3 : 7; /* the lanes start at -(8 or 128) * sum of x quants */
+/* y rows for tokens t0 .. t0 + NT - 1 (their tile xt) and NG groups of 16 rows from the panel;
+ * mask: the valid rows of the last group. */
+static ALWAYS_INLINE void tile(const uint8_t *panel, const tile_x *xt, size_t n_blocks, size_t t0,
+                               int NT, int NG, __mmask16 last_mask, int q4, float *y, size_t ldy) {
     __m512 sum[GEMM_GROUPS][GEMM_TOKENS];
     for (int g = 0; g < NG; g++)
         for (int t = 0; t < NT; t++) sum[g][t] = _mm512_setzero_ps();
-    const block_q8_0 *xb[GEMM_TOKENS];
-    const int32_t *xs[GEMM_TOKENS];
-    const float *xd[GEMM_TOKENS];
-    for (int t = 0; t < NT; t++) {
-        xb[t] = x->blocks + (t0 + t) * n_blocks;
-        xs[t] = x->sums + (t0 + t) * n_blocks;
-        xd[t] = x->scales + (t0 + t) * n_blocks;
-    }
     for (size_t b = 0; b < n_blocks; b++) {
         const uint8_t *pb = panel + b * BLOCK_PANEL_BYTES;
+        const tile_x *xb = xt + b;
         __m512i acc[GEMM_GROUPS][GEMM_TOKENS];
         for (int t = 0; t < NT; t++) {
-            __m512i start = _mm512_set1_epi32(-(xs[t][b] * (1 << bias_shift)));
+            __m512i start = _mm512_set1_epi32(xb->start[q4][t]);
             for (int g = 0; g < NG; g++) acc[g][t] = start;
         }
         for (int j = 0; j < 8; j++) {
@@ -173,14 +207,14 @@ static ALWAYS_INLINE void tile(const uint8_t *panel, const lmoe_q8_batch *x, siz
             for (int g = 0; g < NG; g++)
                 wq[g] = _mm512_load_si512((const void *)(pb + g * GROUP_QUANT_BYTES + j * 64));
             for (int t = 0; t < NT; t++) {
-                __m512i xq = broadcast_quad(xb[t][b].qs + 4 * j);
+                __m512i xq = broadcast_quad(xb->qs[t] + 4 * j);
                 for (int g = 0; g < NG; g++) acc[g][t] = _mm512_dpbusd_epi32(acc[g][t], wq[g], xq);
             }
         }
         for (int g = 0; g < NG; g++) {
             __m512 dw = _mm512_load_ps((const float *)(pb + GEMM_GROUPS * GROUP_QUANT_BYTES + g * 64));
             for (int t = 0; t < NT; t++) {
-                __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b]));
+                __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xb->scale[t]));
                 __m512 dot = _mm512_cvtepi32_ps(acc[g][t]); /* exact: |dot| <= 2^19 */
                 sum[g][t] = _mm512_fmadd_ps(dot, scale, sum[g][t]);
             }
@@ -202,9 +236,9 @@ _Static_assert(GEMM_TOKENS == 6, "gemm's switch has a TILE_CASE for widths 1 to 
 #define TILE_CASE(nt)                                                                      \
     case nt:                                                                               \
         if (n_groups == 2)                                                                 \
-            tile(panel, x, t0, nt, 2, mask, q4, yr, ldy);                                   \
+            tile(panel, xt + t0 / GEMM_TOKENS * n_blocks, n_blocks, t0, nt, 2, mask, q4, yr, ldy); \
         else                                                                               \
-            tile(panel, x, t0, nt, 1, mask, q4, yr, ldy);                                   \
+            tile(panel, xt + t0 / GEMM_TOKENS * n_blocks, n_blocks, t0, nt, 1, mask, q4, yr, ldy); \
         break;
 
 /* layout: 0 Q8_0, 1 Q4_0, 2 Q4_0_R16 (row_begin and row_end multiples of 16). */
@@ -215,6 +249,7 @@ static ALWAYS_INLINE void gemm(const void *w, const lmoe_q8_batch *x, float *y, 
     const size_t n_blocks = n_cols / LMOE_QK;
     const size_t row_bytes = n_blocks * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
     uint8_t *panel = scratch;
+    const tile_x *xt = x->packed;
     for (size_t r0 = row_begin; r0 < row_end; r0 += GEMM_GROUPS * GROUP_ROWS) {
         size_t n_rows = row_end - r0 < GEMM_GROUPS * GROUP_ROWS ? row_end - r0
                                                                  : GEMM_GROUPS * GROUP_ROWS;
