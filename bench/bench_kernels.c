@@ -2,8 +2,8 @@
  *
  *   bench_kernels [N_ROWS] [N_COLS] [REPEATS]        (default 4096 4096 5)
  *
- * For f32, f16, bf16, Q8_0, Q4_0 and Q4_0_R16 (Q4_0 with 16 rows interleaved; N_ROWS a multiple
- * of 16) weights: W (N_ROWS, N_COLS) @ x, all rows, timed over
+ * For f32, f16, bf16, Q8_0, Q4_0, Q8_0_R16 and Q4_0_R16 (Q8_0 / Q4_0 with 16 rows interleaved;
+ * N_ROWS a multiple of 16) weights: W (N_ROWS, N_COLS) @ x, all rows, timed over
  * repeated passes (each repeat at least 0.2 s; the median repeat is reported). GB/s counts weight
  * bytes only (for Q8_0 / Q4_0 the blocks, scales included: 34 / 18 bytes per 32 weights), the
  * figure decode is limited by (x and y are small and stay in cache); "of f32" is that figure over
@@ -13,7 +13,7 @@
  * per core; a second, cache-resident size (256 x 1024) shows how fast the kernel itself is.
  * N_COLS must be a multiple of 32 for the quantised types (otherwise they are skipped).
  *
- * Then the batched (prefill) products: W (N_ROWS, N_COLS) in Q8_0 / Q4_0 / Q4_0_R16 times 8, 32 and 128
+ * Then the batched (prefill) products: W (N_ROWS, N_COLS) in each quantised type times 8, 32 and 128
  * tokens, with each table's gemm kernel where it has one and, for comparison, its matvec token by
  * token over blocks of 16 rows (what the forward pass does without a gemm kernel); GOP/s counts
  * 2 ops per multiply-add, to set against llamamoe-bench's measured int8 peak.
@@ -33,8 +33,11 @@
 
 
 
-typedef enum weight_type { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, W_Q4_0_R16, N_WEIGHT_TYPES } weight_type;
-static const char *const type_names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_0_r16"};
+typedef enum weight_type {
+    W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, W_Q8_0_R16, W_Q4_0_R16, N_WEIGHT_TYPES
+} weight_type;
+static const char *const type_names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q8_0_r16",
+                                         "q4_0_r16"};
 
 typedef struct matrix {
     size_t n_rows, n_cols;
@@ -43,7 +46,8 @@ typedef struct matrix {
     uint16_t *bf16; /* and as bfloat16 */
     block_q8_0 *q8; /* and as Q8_0 / Q4_0 blocks (NULL when n_cols is not a multiple of 32) */
     block_q4_0 *q4;
-    block_q4_0_r16 *q4r; /* and as Q4_0_R16 (NULL unless n_rows is also a multiple of 16) */
+    block_q8_0_r16 *q8r; /* and as Q8_0_R16 / Q4_0_R16 (NULL unless n_rows is also a multiple */
+    block_q4_0_r16 *q4r; /* of 16) */
     block_q8_0 *x_q8; /* x quantised, for the Q8_0 / Q4_0 products */
 } matrix;
 
@@ -54,9 +58,26 @@ static double weight_bytes(const matrix *m, weight_type type) {
     case W_F32: return 4.0 * n;
     case W_F16:
     case W_BF16: return 2.0 * n;
-    case W_Q8_0: return n / LMOE_QK * (double)sizeof(block_q8_0);
+    case W_Q8_0:
+    case W_Q8_0_R16: return n / LMOE_QK * (double)sizeof(block_q8_0);
     default: return n / LMOE_QK * (double)sizeof(block_q4_0);
     }
+}
+
+typedef void (*quant_matvec_fn)(const void *, const void *, float *, size_t, size_t, size_t);
+
+/* The weights, matvec and batched kernel of a quantised type. */
+static const void *quant_weights(const matrix *m, weight_type type) {
+    const void *w[] = {m->q8, m->q4, m->q8r, m->q4r};
+    return w[type - W_Q8_0];
+}
+static quant_matvec_fn quant_matvec(const lmoe_kernels *k, weight_type type) {
+    quant_matvec_fn f[] = {k->matvec_q8_0, k->matvec_q4_0, k->matvec_q8_0_r16, k->matvec_q4_0_r16};
+    return f[type - W_Q8_0];
+}
+static lmoe_gemm_fn quant_gemm(const lmoe_kernels *k, weight_type type) {
+    lmoe_gemm_fn f[] = {k->gemm_q8_0, k->gemm_q4_0, k->gemm_q8_0_r16, k->gemm_q4_0_r16};
+    return f[type - W_Q8_0];
 }
 
 /* One timed call: a matvec of every row of m. */
@@ -71,12 +92,9 @@ typedef struct matvec_call {
 static void run_matvec(void *arg) {
     const matvec_call *c = arg;
     const matrix *m = c->m;
-    if (c->type == W_Q8_0)
-        c->k->matvec_q8_0(m->q8, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
-    else if (c->type == W_Q4_0)
-        c->k->matvec_q4_0(m->q4, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
-    else if (c->type == W_Q4_0_R16)
-        c->k->matvec_q4_0_r16(m->q4r, m->x_q8, c->y, m->n_cols, 0, m->n_rows);
+    if (c->type >= W_Q8_0)
+        quant_matvec(c->k, c->type)(quant_weights(m, c->type), m->x_q8, c->y, m->n_cols, 0,
+                                    m->n_rows);
     else if (c->type == W_F16)
         c->k->matvec_f16(m->f16, c->x, c->y, m->n_cols, 0, m->n_rows);
     else if (c->type == W_BF16)
@@ -99,7 +117,7 @@ static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
     m->f32 = malloc(n * sizeof *m->f32);
     m->f16 = malloc(n * sizeof *m->f16);
     m->bf16 = malloc(n * sizeof *m->bf16);
-    m->q8 = NULL, m->q4 = NULL, m->q4r = NULL, m->x_q8 = NULL;
+    m->q8 = NULL, m->q4 = NULL, m->q8r = NULL, m->q4r = NULL, m->x_q8 = NULL;
     if (!m->f32 || !m->f16 || !m->bf16) return -1;
     uint64_t state = 0x243F6A8885A308D3ull;
     for (size_t i = 0; i < n; i++) {
@@ -119,11 +137,15 @@ static int matrix_init(matrix *m, size_t n_rows, size_t n_cols) {
     }
     if (m->q4 && n_rows % LMOE_R16_ROWS == 0) {
         size_t n_blocks = n_cols / LMOE_QK;
+        m->q8r = malloc(n / LMOE_QK * sizeof(block_q8_0));
         m->q4r = malloc(n / LMOE_QK * sizeof(block_q4_0));
-        if (!m->q4r) return -1;
-        for (size_t g = 0; g < n_rows / LMOE_R16_ROWS; g++)
+        if (!m->q8r || !m->q4r) return -1;
+        for (size_t g = 0; g < n_rows / LMOE_R16_ROWS; g++) {
+            lmoe_q8_0_to_r16(m->q8 + g * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
+                             m->q8r + g * n_blocks);
             lmoe_q4_0_to_r16(m->q4 + g * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
                              m->q4r + g * n_blocks);
+        }
     }
     return 0;
 }
@@ -134,6 +156,7 @@ static void matrix_free(matrix *m) {
     free(m->bf16);
     free(m->q8);
     free(m->q4);
+    free(m->q8r);
     free(m->q4r);
     free(m->x_q8);
 }
@@ -178,8 +201,8 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
         }
         double f32_gbs = 0.0;
         for (int type = W_F32; type < N_WEIGHT_TYPES; type++) {
-            if ((type == W_Q8_0 || type == W_Q4_0) && m.q8 == NULL) continue;
-            if (type == W_Q4_0_R16 && m.q4r == NULL) continue;
+            if (type >= W_Q8_0 && m.q8 == NULL) continue;
+            if (type >= W_Q8_0_R16 && m.q4r == NULL) continue;
             double s = time_matvec(k, (weight_type)type, &m, x, y, repeats);
             double bytes = weight_bytes(&m, (weight_type)type), gbs = bytes / s * 1e-9;
             if (type == W_F32) f32_gbs = gbs;
@@ -201,7 +224,7 @@ static void bench_size(size_t n_rows, size_t n_cols, int repeats) {
 /* One batched product over all rows: gemm, or matvec per token in 16-row blocks. */
 typedef struct batched_call {
     const lmoe_kernels *k;
-    weight_type type; /* W_Q8_0, W_Q4_0 or W_Q4_0_R16 */
+    weight_type type; /* a quantised one */
     int use_gemm;
     const matrix *m;
     const lmoe_q8_batch *xb; /* x packed for gemm */
@@ -214,17 +237,13 @@ static void run_batched(void *arg) {
     const batched_call *c = arg;
     const lmoe_kernels *k = c->k;
     const matrix *m = c->m;
-    const void *w = c->type == W_Q8_0 ? (const void *)m->q8
-                    : c->type == W_Q4_0 ? (const void *)m->q4 : (const void *)m->q4r;
+    const void *w = quant_weights(m, c->type);
     size_t n_blocks = m->n_cols / LMOE_QK;
     if (c->use_gemm) {
-        lmoe_gemm_fn gemm = c->type == W_Q8_0 ? k->gemm_q8_0
-                            : c->type == W_Q4_0 ? k->gemm_q4_0 : k->gemm_q4_0_r16;
-        gemm(w, c->xb, c->y, m->n_rows, m->n_cols, 0, m->n_rows, c->scratch);
+        quant_gemm(k, c->type)(w, c->xb, c->y, m->n_rows, m->n_cols, 0, m->n_rows, c->scratch);
         return;
     }
-    void (*matvec)(const void *, const void *, float *, size_t, size_t, size_t) =
-        c->type == W_Q8_0 ? k->matvec_q8_0 : c->type == W_Q4_0 ? k->matvec_q4_0 : k->matvec_q4_0_r16;
+    quant_matvec_fn matvec = quant_matvec(k, c->type);
     for (size_t r0 = 0; r0 < m->n_rows; r0 += 16) {
         size_t r1 = r0 + 16 < m->n_rows ? r0 + 16 : m->n_rows;
         for (size_t t = 0; t < c->xb->n_tokens; t++)
@@ -269,8 +288,8 @@ static void bench_batched(size_t n_rows, size_t n_cols, int repeats) {
             for (size_t t = 0; t < MAX_TOKENS; t++)
                 k->gemm_pack_token(xq + t * n_blocks, t, n_blocks, packed);
         }
-        for (int type = W_Q8_0; type <= W_Q4_0_R16; type++) {
-            if (type == W_Q4_0_R16 && m.q4r == NULL) continue;
+        for (int type = W_Q8_0; type < N_WEIGHT_TYPES; type++) {
+            if (type >= W_Q8_0_R16 && m.q4r == NULL) continue;
             for (size_t i = 0; i < sizeof token_counts / sizeof *token_counts; i++) {
                 lmoe_q8_batch xb = {packed, token_counts[i], n_blocks};
                 double ops = 2.0 * (double)(n_rows * n_cols * token_counts[i]);

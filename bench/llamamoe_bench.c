@@ -1,7 +1,7 @@
 /* llamamoe_bench.c - llamamoe-bench: this machine's limits, and how close the library gets to them
  * on synthetic models at the real LLaMA-MoE-v1 shapes.
  *
- *   llamamoe-bench [--small] [--types f32,f16,bf16,q8_0,q4_0,q4_0_r16] [--shapes 4_16,2_16,2_8,mixtral_2_8]
+ *   llamamoe-bench [--small] [--types f32,f16,bf16,q8_0,q4_0,q8_0_r16,q4_0_r16] [--shapes 4_16,2_16,2_8,mixtral_2_8]
  *                  [--threads 1,2] [--prefill 64,512|none] [--decode N] [--keep DIR] [--seed N]
  *                  [--limits-only]
  *
@@ -516,12 +516,13 @@ typedef struct type_def {
 static const type_def types[] = {
     {"f32", GGML_TYPE_F32, false},   {"f16", GGML_TYPE_F16, false},
     {"bf16", GGML_TYPE_BF16, false}, {"q8_0", GGML_TYPE_Q8_0, true},
-    {"q4_0", GGML_TYPE_Q4_0, true},  {"q4_0_r16", LMOE_TYPE_Q4_0_R16, true},
+    {"q4_0", GGML_TYPE_Q4_0, true},  {"q8_0_r16", LMOE_TYPE_Q8_0_R16, true},
+    {"q4_0_r16", LMOE_TYPE_Q4_0_R16, true},
 };
 #define N_TYPES (sizeof types / sizeof types[0])
 
 static bool is_block_type(ggml_type t) {
-    return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == LMOE_TYPE_Q4_0_R16;
+    return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || ggml_type_is_r16(t);
 }
 
 static double type_bytes(ggml_type t) {
@@ -604,8 +605,9 @@ static void gen_rows(void *arg, int index, int n) {
     gen_job *j = arg;
     const gen_tensor *t = j->t;
     size_t cols = (size_t)t->ne[0];
-    /* Q4_0_R16 is written a group of 16 rows at a time (every matrix here has whole groups) */
-    uint64_t batch = t->type == LMOE_TYPE_Q4_0_R16 ? LMOE_R16_ROWS : 1;
+    /* the _R16 types are written a group of 16 rows at a time (every matrix here has whole
+     * groups) */
+    uint64_t batch = ggml_type_is_r16(t->type) ? LMOE_R16_ROWS : 1;
     float *rows = malloc(batch * cols * sizeof *rows);
     if (!rows) {
         j->failed[index] = 1;
@@ -627,8 +629,7 @@ static void gen_rows(void *arg, int index, int n) {
         if (batch == 1)
             lmoe_row_from_f32(t->type, row, j->dst + r * j->row_bytes, cols);
         else if (r % batch == batch - 1)
-            lmoe_quantize_rows_q4_0_r16(rows, (block_q4_0_r16 *)(j->dst + (r + 1 - batch) * j->row_bytes),
-                                        cols);
+            lmoe_quantize_rows_r16(t->type, rows, j->dst + (r + 1 - batch) * j->row_bytes, cols);
     }
     free(rows);
 }
@@ -761,8 +762,11 @@ static lmoe_status write_model(const shape_def *s, const type_def *td, uint64_t 
         SET(gguf_writer_add_tensor_fill(w, tensor_name, ttype, ndims, g->ne, gen_fill, g));       \
     } while (0)
     if (gt) {
-        /* q4_0_r16 needs whole groups of 16 rows; like the quantiser, q4_0 (same values) if not */
-        ggml_type t_vocab = t == LMOE_TYPE_Q4_0_R16 && s->n_vocab % LMOE_R16_ROWS ? GGML_TYPE_Q4_0 : t;
+        /* the _r16 types need whole groups of 16 rows; like the quantiser, q4_0 / q8_0 (the same
+         * values) if not */
+        ggml_type t_vocab = t;
+        if (ggml_type_is_r16(t) && s->n_vocab % LMOE_R16_ROWS)
+            t_vocab = t == LMOE_TYPE_Q4_0_R16 ? GGML_TYPE_Q4_0 : GGML_TYPE_Q8_0;
         ADD("token_embd.weight", t_vocab, 2, h, s->n_vocab, 1, s->n_vocab, h, emb_std, 0.0f);
         ADD("output_norm.weight", GGML_TYPE_F32, 1, h, 1, 1, 1, h, 0.0f, 1.0f);
         ADD("output.weight", t_vocab, 2, h, s->n_vocab, 1, s->n_vocab, h, 0.02f, 0.0f);
@@ -1026,7 +1030,7 @@ static void measure_in_child(const char *path, const bench_options *o, int n_thr
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: llamamoe-bench [--small] [--types f32,f16,bf16,q8_0,q4_0,q4_0_r16]\n"
+            "usage: llamamoe-bench [--small] [--types f32,f16,bf16,q8_0,q4_0,q8_0_r16,q4_0_r16]\n"
             "                      [--shapes 4_16,2_16,2_8,mixtral_2_8,small] [--threads 1,2]\n"
             "                      [--prefill 64,512|none] [--decode N] [--keep DIR] [--seed N]\n"
             "                      [--limits-only]\n"
@@ -1037,7 +1041,7 @@ static void usage(FILE *f) {
             "prefill speed against those limits. Markdown on stdout, progress on stderr.\n"
             "\n"
             "  --small      the tiny shape in f32 with a 256 MiB bandwidth array: runs in seconds\n"
-            "  --types      weight types (default q4_0,q4_0_r16,q8_0; --small: f32)\n"
+            "  --types      weight types (default q4_0,q4_0_r16,q8_0,q8_0_r16; --small: f32)\n"
             "  --shapes     4_16: 16 experts x 688, top-4, tanh-MLP gate, scale 4 (LLaMA-MoE-3.5B)\n"
             "               2_16: 16 x 688, top-2, scale 8 (3.0B); 2_8: 8 x 1376, top-2, scale 4\n"
             "               mixtral_2_8: the 2_8 shape as a Mixtral-layout 'llama' file (linear gate)\n"
@@ -1112,7 +1116,7 @@ static void parse_args(int argc, char **argv, bench_options *o) {
         }
     }
     if (!a_shapes) a_shapes = o->small ? "small" : "4_16";
-    if (!a_types) a_types = o->small ? "f32" : "q4_0,q4_0_r16,q8_0";
+    if (!a_types) a_types = o->small ? "f32" : "q4_0,q4_0_r16,q8_0,q8_0_r16";
     o->n_shapes = parse_list(a_shapes, "--shapes", o->shape_idx, 0, shape_names, (int)N_SHAPES);
     o->n_types = parse_list(a_types, "--types", o->type_idx, 0, type_names, (int)N_TYPES);
     o->n_threads = parse_list(a_threads, "--threads", o->threads, MAX_THREADS, NULL, 0);

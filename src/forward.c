@@ -16,9 +16,9 @@
 /* Below this many multiply-adds a product runs on the calling thread: waking workers costs more. */
 #define PARALLEL_MIN_MACS 32768u
 /* Rows of a weight matrix applied to all tokens of a batch before the next rows are read: whole
- * groups of Q4_0_R16, whose kernels take only group-aligned ranges. */
+ * groups of the _R16 types, whose kernels take only group-aligned ranges. */
 #define ROWS_PER_BLOCK 16u
-_Static_assert(ROWS_PER_BLOCK % LMOE_R16_ROWS == 0, "row blocks must be whole Q4_0_R16 groups");
+_Static_assert(ROWS_PER_BLOCK % LMOE_R16_ROWS == 0, "row blocks must be whole _R16 groups");
 /* The batched kernels unpack 32 rows at a time: chunks of whole panels waste no unpacking. */
 #define GEMM_ROWS_PER_PANEL 32u
 
@@ -138,6 +138,7 @@ void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const blo
     case GGML_TYPE_Q8_0: k->matvec_q8_0(w.data, x_q8, y, n_cols, r0, r1); break;
     case GGML_TYPE_Q4_0: k->matvec_q4_0(w.data, x_q8, y, n_cols, r0, r1); break;
     case LMOE_TYPE_Q4_0_R16: k->matvec_q4_0_r16(w.data, x_q8, y, n_cols, r0, r1); break;
+    case LMOE_TYPE_Q8_0_R16: k->matvec_q8_0_r16(w.data, x_q8, y, n_cols, r0, r1); break;
     case GGML_TYPE_F16: k->matvec_f16(w.data, x, y, n_cols, r0, r1); break;
     case GGML_TYPE_BF16: k->matvec_bf16(w.data, x, y, n_cols, r0, r1); break;
     default: /* model.c binds only the types above and f32 */
@@ -147,7 +148,7 @@ void forward_rows(const lmoe_kernels *k, weight_ref w, const float *x, const blo
 }
 
 bool weight_is_quantised(weight_ref w) {
-    return w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0 || w.type == LMOE_TYPE_Q4_0_R16;
+    return w.type == GGML_TYPE_Q8_0 || w.type == GGML_TYPE_Q4_0 || ggml_type_is_r16(w.type);
 }
 
 /* The table's batched kernel for a quantised type, or NULL. */
@@ -156,6 +157,7 @@ static lmoe_gemm_fn gemm_for(const lmoe_kernels *k, ggml_type type) {
     case GGML_TYPE_Q8_0: return k->gemm_q8_0;
     case GGML_TYPE_Q4_0: return k->gemm_q4_0;
     case LMOE_TYPE_Q4_0_R16: return k->gemm_q4_0_r16;
+    case LMOE_TYPE_Q8_0_R16: return k->gemm_q8_0_r16;
     default: return NULL;
     }
 }

@@ -53,7 +53,8 @@ size_t ggml_type_block_bytes(ggml_type type) {
     case GGML_TYPE_F32: return 4;
     case GGML_TYPE_F16: return 2;
     case GGML_TYPE_BF16: return 2;
-    case GGML_TYPE_Q8_0: return 2 + 32;     /* fp16 scale + 32 int8 */
+    case GGML_TYPE_Q8_0:
+    case LMOE_TYPE_Q8_0_R16: return 2 + 32; /* fp16 scale + 32 int8 */
     case GGML_TYPE_Q4_0:
     case LMOE_TYPE_Q4_0_R16: return 2 + 16; /* fp16 scale + 32 nibbles */
     }
@@ -67,7 +68,8 @@ size_t ggml_type_block_elems(ggml_type type) {
     case GGML_TYPE_BF16: return 1;
     case GGML_TYPE_Q8_0:
     case GGML_TYPE_Q4_0:
-    case LMOE_TYPE_Q4_0_R16: return 32;
+    case LMOE_TYPE_Q4_0_R16:
+    case LMOE_TYPE_Q8_0_R16: return 32;
     }
     return 0;
 }
@@ -80,6 +82,7 @@ const char *ggml_type_name(ggml_type type) {
     case GGML_TYPE_Q8_0: return "q8_0";
     case GGML_TYPE_Q4_0: return "q4_0";
     case LMOE_TYPE_Q4_0_R16: return "q4_0_r16";
+    case LMOE_TYPE_Q8_0_R16: return "q8_0_r16";
     }
     return "unknown";
 }
@@ -189,7 +192,7 @@ static lmoe_status tensor_extent(gguf_tensor *t) {
     size_t block_elems = ggml_type_block_elems(t->type);
     RETURN_ERROR_IF(block_bytes == 0, LMOE_ERR_UNSUPPORTED,
                     "GGUF: tensor '%.*s' has element type %u, which this library does not "
-                    "support (supported: f32, f16, bf16, q8_0, q4_0, q4_0_r16)", (int)t->name.len,
+                    "support (supported: f32, f16, bf16, q8_0, q4_0, q8_0_r16, q4_0_r16)", (int)t->name.len,
                     t->name.ptr, (unsigned)t->type);
     uint64_t n_elems = 1;
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) {
@@ -204,10 +207,10 @@ static lmoe_status tensor_extent(gguf_tensor *t) {
                     "GGUF: tensor '%.*s': row length %llu is not a multiple of the %s block of "
                     "%zu", (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],
                     ggml_type_name(t->type), block_elems);
-    RETURN_ERROR_IF(t->type == LMOE_TYPE_Q4_0_R16 && t->ne[1] % LMOE_R16_ROWS != 0,
-                    LMOE_ERR_BAD_FILE,
-                    "GGUF: tensor '%.*s': q4_0_r16 interleaves groups of %d rows, but it has %llu",
-                    (int)t->name.len, t->name.ptr, LMOE_R16_ROWS, (unsigned long long)t->ne[1]);
+    RETURN_ERROR_IF(ggml_type_is_r16(t->type) && t->ne[1] % LMOE_R16_ROWS != 0, LMOE_ERR_BAD_FILE,
+                    "GGUF: tensor '%.*s': %s interleaves groups of %d rows, but it has %llu",
+                    (int)t->name.len, t->name.ptr, ggml_type_name(t->type), LMOE_R16_ROWS,
+                    (unsigned long long)t->ne[1]);
     uint64_t n_blocks = n_elems / block_elems;
     RETURN_ERROR_IF(n_blocks > UINT64_MAX / block_bytes, LMOE_ERR_BAD_FILE,
                     "GGUF: tensor '%.*s': byte size overflows", (int)t->name.len, t->name.ptr);

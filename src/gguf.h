@@ -31,19 +31,21 @@ typedef enum gguf_type {
 } gguf_type;
 
 /* Tensor element types (ggml's numbering). Only these are understood; others are refused.
- * LMOE_TYPE_Q4_0_R16 is this library's own (docs/FORMAT.md): Q4_0's values with groups of 16
- * rows interleaved, numbered far above ggml's types so that no ggml reader mistakes it for one. A
- * tensor of it needs rows (ne[1]) in multiples of 16; its sizes are Q4_0's (18 bytes per 32). */
+ * LMOE_TYPE_Q4_0_R16 and LMOE_TYPE_Q8_0_R16 are this library's own (docs/FORMAT.md): Q4_0's /
+ * Q8_0's values with groups of 16 rows interleaved, numbered far above ggml's types so that no
+ * ggml reader mistakes them for one. A tensor of them needs rows (ne[1]) in multiples of 16; their
+ * sizes are Q4_0's and Q8_0's (18 and 34 bytes per 32). */
 typedef enum ggml_type {
     GGML_TYPE_F32 = 0,
     GGML_TYPE_F16 = 1,
     GGML_TYPE_Q4_0 = 2,
     GGML_TYPE_Q8_0 = 8,
     GGML_TYPE_BF16 = 30,
-    LMOE_TYPE_Q4_0_R16 = 1000
+    LMOE_TYPE_Q4_0_R16 = 1000,
+    LMOE_TYPE_Q8_0_R16 = 1001
 } ggml_type;
 
-/* Rows a group of LMOE_TYPE_Q4_0_R16 interleaves. */
+/* Rows a group of the _R16 types interleaves. */
 #define LMOE_R16_ROWS 16
 
 #define GGUF_MAX_DIMS 4
@@ -97,6 +99,10 @@ void gguf_close(gguf_file *file);
 size_t ggml_type_block_bytes(ggml_type type);
 size_t ggml_type_block_elems(ggml_type type);
 const char *ggml_type_name(ggml_type type);
+/* Whether type interleaves groups of LMOE_R16_ROWS rows (Q4_0_R16, Q8_0_R16). */
+static inline int ggml_type_is_r16(ggml_type type) {
+    return type == LMOE_TYPE_Q4_0_R16 || type == LMOE_TYPE_Q8_0_R16;
+}
 const char *gguf_type_name(gguf_type type);
 
 /* Lookup. Return NULL when absent. */

@@ -140,22 +140,25 @@ static lmoe_status read_hparams(const gguf_file *f, const char *arch, llama_hpar
     return LMOE_OK;
 }
 
-/* Weight matrices may be f32, f16, bf16, q8_0, q4_0 or q4_0_r16; the small gate matrices float
- * types only (the quantiser keeps them f32); norms are f32. A set of types is a mask of
+/* Weight matrices may be f32, f16, bf16, q8_0, q4_0, q8_0_r16 or q4_0_r16; the small gate matrices
+ * float types only (the quantiser keeps them f32); norms are f32. A set of types is a mask of
  * type_bit()s. */
-#define TYPE_BIT_Q4_0_R16 (1u << 31) /* ggml's numbers are below 31 */
-static uint32_t type_bit(ggml_type t) {
+#define TYPE_BIT_Q4_0_R16 (1ull << 62) /* ggml's numbers are below 62 */
+#define TYPE_BIT_Q8_0_R16 (1ull << 63)
+static uint64_t type_bit(ggml_type t) {
     if (t == LMOE_TYPE_Q4_0_R16) return TYPE_BIT_Q4_0_R16;
-    return (unsigned)t < 31 ? 1u << t : 0;
+    if (t == LMOE_TYPE_Q8_0_R16) return TYPE_BIT_Q8_0_R16;
+    return (unsigned)t < 62 ? 1ull << t : 0;
 }
-#define TYPES_FLOAT ((1u << GGML_TYPE_F32) | (1u << GGML_TYPE_F16) | (1u << GGML_TYPE_BF16))
-#define TYPES_MATRIX (TYPES_FLOAT | (1u << GGML_TYPE_Q8_0) | (1u << GGML_TYPE_Q4_0) | TYPE_BIT_Q4_0_R16)
-#define TYPES_F32 (1u << GGML_TYPE_F32)
+#define TYPES_FLOAT ((1ull << GGML_TYPE_F32) | (1ull << GGML_TYPE_F16) | (1ull << GGML_TYPE_BF16))
+#define TYPES_MATRIX (TYPES_FLOAT | (1ull << GGML_TYPE_Q8_0) | (1ull << GGML_TYPE_Q4_0) | \
+                      TYPE_BIT_Q8_0_R16 | TYPE_BIT_Q4_0_R16)
+#define TYPES_F32 (1ull << GGML_TYPE_F32)
 
 /* Finds a tensor, checks its type and shape (ne[0] = cols = row length, ne[1] = rows, ne[2] =
  * experts; 0 = dimension absent) and returns its data. */
 static lmoe_status bind_tensor(lmoe_model *m, const char *name, uint64_t cols, uint64_t rows,
-                               uint64_t experts, uint32_t types, weight_ref *out) {
+                               uint64_t experts, uint64_t types, weight_ref *out) {
     const gguf_tensor *t = gguf_find_tensor(m->file, name);
     RETURN_ERROR_IF(!t, LMOE_ERR_BAD_FILE, "GGUF: tensor '%s' is missing", name);
     RETURN_ERROR_IF(!(types & type_bit(t->type)), LMOE_ERR_UNSUPPORTED,
@@ -163,7 +166,7 @@ static lmoe_status bind_tensor(lmoe_model *m, const char *name, uint64_t cols, u
                     ggml_type_name(t->type),
                     types == TYPES_F32     ? "f32"
                     : types == TYPES_FLOAT ? "f32, f16, bf16"
-                                           : "f32, f16, bf16, q8_0, q4_0, q4_0_r16");
+                                           : "f32, f16, bf16, q8_0, q4_0, q8_0_r16, q4_0_r16");
     uint32_t want_dims = experts ? 3 : rows ? 2 : 1;
     bool ok = t->n_dims == want_dims && t->ne[0] == cols && (rows == 0 || t->ne[1] == rows) &&
               (experts == 0 || t->ne[2] == experts);

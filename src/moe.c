@@ -178,7 +178,7 @@ static void decode_down(void *arg, size_t begin, size_t end, int thread_id) {
     }
 }
 
-/* Items are rows of weight matrices whose widths (n_ff, n_embd) are whole groups of a Q4_0_R16
+/* Items are rows of weight matrices whose widths (n_ff, n_embd) are whole groups of an _R16
  * matrix: chunks of whole groups keep every range the kernels get aligned to one. */
 static void run_region(lmoe_context *ctx, size_t n_items, size_t macs, lmoe_parallel_fn fn,
                        void *job) {

@@ -147,31 +147,63 @@ void lmoe_r16_row_to_q4_0(const block_q4_0_r16 *group, size_t r, size_t n_blocks
     }
 }
 
-void lmoe_quantize_rows_q4_0_r16(const float *x, block_q4_0_r16 *group, size_t n_cols) {
+void lmoe_q8_0_to_r16(const block_q8_0 *rows, size_t row_stride, size_t n_blocks,
+                      block_q8_0_r16 *group) {
+    for (size_t b = 0; b < n_blocks; b++)
+        for (size_t r = 0; r < LMOE_R16_ROWS; r++) {
+            const block_q8_0 *src = &rows[r * row_stride + b];
+            group[b].d[r] = src->d;
+            for (int k = 0; k < 8; k++) memcpy(&group[b].qs[k][4 * r], &src->qs[4 * k], 4);
+        }
+}
+
+void lmoe_r16_row_to_q8_0(const block_q8_0_r16 *group, size_t r, size_t n_blocks,
+                          block_q8_0 *out) {
+    for (size_t b = 0; b < n_blocks; b++) {
+        out[b].d = group[b].d[r];
+        for (int k = 0; k < 8; k++) memcpy(&out[b].qs[4 * k], &group[b].qs[k][4 * r], 4);
+    }
+}
+
+void lmoe_quantize_rows_r16(ggml_type type, const float *x, void *group, size_t n_cols) {
     enum { PIECE = 16 }; /* blocks of each row quantised at a time */
-    block_q4_0 rows[LMOE_R16_ROWS][PIECE];
     size_t n_blocks = n_cols / LMOE_QK;
     for (size_t b0 = 0; b0 < n_blocks; b0 += PIECE) {
         size_t nb = n_blocks - b0 < PIECE ? n_blocks - b0 : PIECE;
-        for (size_t r = 0; r < LMOE_R16_ROWS; r++)
-            lmoe_quantize_row_q4_0(x + r * n_cols + b0 * LMOE_QK, rows[r], nb * LMOE_QK);
-        lmoe_q4_0_to_r16(&rows[0][0], PIECE, nb, group + b0);
+        if (type == LMOE_TYPE_Q4_0_R16) {
+            block_q4_0 rows[LMOE_R16_ROWS][PIECE];
+            for (size_t r = 0; r < LMOE_R16_ROWS; r++)
+                lmoe_quantize_row_q4_0(x + r * n_cols + b0 * LMOE_QK, rows[r], nb * LMOE_QK);
+            lmoe_q4_0_to_r16(&rows[0][0], PIECE, nb, (block_q4_0_r16 *)group + b0);
+        } else {
+            block_q8_0 rows[LMOE_R16_ROWS][PIECE];
+            for (size_t r = 0; r < LMOE_R16_ROWS; r++)
+                lmoe_quantize_row_q8_0(x + r * n_cols + b0 * LMOE_QK, rows[r], nb * LMOE_QK);
+            lmoe_q8_0_to_r16(&rows[0][0], PIECE, nb, (block_q8_0_r16 *)group + b0);
+        }
     }
 }
 
 void lmoe_matrix_row_to_f32(ggml_type type, const void *matrix, size_t row, size_t n_cols,
                             float *dst) {
-    size_t n_blocks = n_cols / LMOE_QK;
-    if (type != LMOE_TYPE_Q4_0_R16) {
+    size_t n_blocks = n_cols / LMOE_QK, r = row % LMOE_R16_ROWS;
+    if (!ggml_type_is_r16(type)) {
         size_t row_bytes = n_cols / ggml_type_block_elems(type) * ggml_type_block_bytes(type);
         lmoe_row_to_f32(type, (const char *)matrix + row * row_bytes, dst, n_cols);
         return;
     }
-    const block_q4_0_r16 *group = (const block_q4_0_r16 *)matrix + row / LMOE_R16_ROWS * n_blocks;
     for (size_t b = 0; b < n_blocks; b++) {
-        block_q4_0 q;
-        lmoe_r16_row_to_q4_0(group + b, row % LMOE_R16_ROWS, 1, &q);
-        lmoe_dequantize_row_q4_0(&q, dst + b * LMOE_QK, LMOE_QK);
+        if (type == LMOE_TYPE_Q4_0_R16) {
+            block_q4_0 q;
+            lmoe_r16_row_to_q4_0((const block_q4_0_r16 *)matrix + row / LMOE_R16_ROWS * n_blocks + b,
+                                 r, 1, &q);
+            lmoe_dequantize_row_q4_0(&q, dst + b * LMOE_QK, LMOE_QK);
+        } else {
+            block_q8_0 q;
+            lmoe_r16_row_to_q8_0((const block_q8_0_r16 *)matrix + row / LMOE_R16_ROWS * n_blocks + b,
+                                 r, 1, &q);
+            lmoe_dequantize_row_q8_0(&q, dst + b * LMOE_QK, LMOE_QK);
+        }
     }
 }
 

@@ -49,12 +49,23 @@ typedef struct block_q4_0_r16 {
     uint8_t qs[4][4 * LMOE_R16_ROWS];
 } block_q4_0_r16;
 
-/* Rows [0, 16) of Q4_0 (each n_blocks blocks, row_stride blocks apart) -> one group of Q4_0_R16,
- * and back (row r of the group, as n_blocks Q4_0 blocks). Exact both ways. */
+/* Q8_0_R16 (LMOE_TYPE_Q8_0_R16, this library's own): the same for Q8_0. qs[k][4 r + i] is
+ * element 4 k + i of row r's block. */
+typedef struct block_q8_0_r16 {
+    uint16_t d[LMOE_R16_ROWS];          /* the 16 rows' f16 scales */
+    int8_t qs[8][4 * LMOE_R16_ROWS];
+} block_q8_0_r16;
+
+/* Rows [0, 16) of Q4_0 / Q8_0 (each n_blocks blocks, row_stride blocks apart) -> one group of
+ * the _R16 type, and back (row r of the group, as n_blocks blocks). Exact both ways. */
 void lmoe_q4_0_to_r16(const block_q4_0 *rows, size_t row_stride, size_t n_blocks,
                       block_q4_0_r16 *group);
 void lmoe_r16_row_to_q4_0(const block_q4_0_r16 *group, size_t r, size_t n_blocks,
                           block_q4_0 *out);
+void lmoe_q8_0_to_r16(const block_q8_0 *rows, size_t row_stride, size_t n_blocks,
+                      block_q8_0_r16 *group);
+void lmoe_r16_row_to_q8_0(const block_q8_0_r16 *group, size_t r, size_t n_blocks,
+                          block_q8_0 *out);
 
 /* n (a multiple of 32) f32 values to blocks, the reference rounding: Q8_0 d = max|x| / 127,
  * q = round(x / d); Q4_0 d = (the value of largest magnitude) / -8, q = min(15, (int)(x / d + 8.5)). */
@@ -69,13 +80,13 @@ void lmoe_dequantize_row_q4_0(const block_q4_0 *in, float *y, size_t n);
 void lmoe_row_to_f32(ggml_type type, const void *src, float *dst, size_t n);
 void lmoe_row_from_f32(ggml_type type, const float *src, void *dst, size_t n);
 
-/* Row `row` of a matrix (n_cols wide, starting at matrix) of any bound type, Q4_0_R16 included,
- * to f32. */
+/* Row `row` of a matrix (n_cols wide, starting at matrix) of any bound type, the _R16 types
+ * included, to f32. */
 void lmoe_matrix_row_to_f32(ggml_type type, const void *matrix, size_t row, size_t n_cols,
                             float *dst);
-/* Rows [0, 16) of f32 (n_cols each, contiguous) -> one group of Q4_0_R16 (n_cols / 32 blocks),
- * Q4_0's reference rounding. */
-void lmoe_quantize_rows_q4_0_r16(const float *x, block_q4_0_r16 *group, size_t n_cols);
+/* Rows [0, 16) of f32 (n_cols each, contiguous) -> one group (n_cols / 32 blocks) of an _R16
+ * type, with Q4_0's / Q8_0's reference rounding. */
+void lmoe_quantize_rows_r16(ggml_type type, const float *x, void *group, size_t n_cols);
 
 /* Widen n elements of a weight row of the given 16-bit type to f32. */
 void lmoe_bf16_row_to_f32(const uint16_t *src, float *dst, size_t n);

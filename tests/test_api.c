@@ -320,18 +320,19 @@ static void test_abort(const lmoe_model *model) {
 /* The batch size (lmoe_context_params.n_batch) changes how a prompt is cut into forward passes
  * and, for quantised weights, whether products run as batched kernels or matvecs: none of it may
  * change a number. A 45-token prompt evaluated in batches of 1, 4, 7, 16 and the default (all
- * at once) gives the same logits bit for bit, for f32, q8_0, q4_0 and q4_0_r16 weights (and
- * q4_0_r16's are q4_0's); n_batch larger than
+ * at once) gives the same logits bit for bit, for f32, q8_0, q4_0, q4_0_r16 and q8_0_r16 weights
+ * (and the _r16 types' are q4_0's / q8_0's); n_batch larger than
  * n_ctx is capped, not refused. */
 static void test_batch_sizes(const char *f32_path) {
-    static const char *const types[] = {"f32", "q8_0", "q4_0", "q4_0_r16"};
+    static const char *const types[] = {"f32", "q8_0", "q4_0", "q4_0_r16", "q8_0_r16"};
     static const ggml_type ggml_types[] = {GGML_TYPE_F32, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
-                                           LMOE_TYPE_Q4_0_R16};
-    float q4_logits[512]; /* q4_0_r16 holds q4_0's values: its logits must be q4_0's */
+                                           LMOE_TYPE_Q4_0_R16, LMOE_TYPE_Q8_0_R16};
+    /* the _r16 types hold q4_0's / q8_0's values: their logits must be those */
+    float q4_logits[512], q8_logits[512];
     static const uint32_t batches[] = {0, 1, 4, 7, 16, 100000};
     lmoe_token ids[45];
     for (int i = 0; i < 45; i++) ids[i] = (lmoe_token)(i == 0 ? 1 : 259 + (i * 37) % 250);
-    for (int ti = 0; ti < 4; ti++) {
+    for (int ti = 0; ti < 5; ti++) {
         char name[64];
         test_fmt(name, sizeof name, "test_api-stories260K-%s.gguf", types[ti]);
         const char *path = f32_path;
@@ -364,8 +365,11 @@ static void test_batch_sizes(const char *f32_path) {
         CHECK_MSG(differing == 0, "%s: %zu batch sizes give logits that differ from one batch",
                   types[ti], differing);
         if (ggml_types[ti] == GGML_TYPE_Q4_0) memcpy(q4_logits, first, sizeof first);
+        if (ggml_types[ti] == GGML_TYPE_Q8_0) memcpy(q8_logits, first, sizeof first);
         if (ggml_types[ti] == LMOE_TYPE_Q4_0_R16)
             CHECK_MSG(memcmp(first, q4_logits, sizeof first) == 0, "q4_0_r16 logits are not q4_0's");
+        if (ggml_types[ti] == LMOE_TYPE_Q8_0_R16)
+            CHECK_MSG(memcmp(first, q8_logits, sizeof first) == 0, "q8_0_r16 logits are not q8_0's");
         lmoe_model_free(m);
     }
 }

@@ -1,4 +1,4 @@
-/* test_gemm.c - the batched quantised kernels (gemm_q8_0 / gemm_q4_0 / gemm_q4_0_r16) of every kernel table that
+/* test_gemm.c - the batched quantised kernels (gemm_q8_0 / gemm_q4_0 and their _r16 forms) of every kernel table that
  * has them, against the same table's matvec run token by token: bit for bit, which is the
  * contract in kernels.h (prefill and decode of the same token give the same numbers).
  *
@@ -21,11 +21,23 @@
 static const size_t widths[] = {32, 96, 256, 4096 + 32};
 static const size_t token_counts[] = {1, 2, 5, 6, 7, 13, 40};
 static const size_t row_ranges[][2] = {{0, N_ROWS}, {3, 70}, {16, 17}, {32, 77}, {5, 5}, {0, 16}};
-/* Q4_0_R16 (whole groups of 16 rows): the first 64 rows of the Q4_0 matrix, interleaved */
+/* The _R16 types (whole groups of 16 rows): the first 64 rows of the Q8_0 / Q4_0 matrix,
+ * interleaved */
 #define R16_ROWS 64
 static const size_t r16_row_ranges[][2] = {{0, 64}, {16, 48}, {32, 64}, {16, 32}, {0, 0}};
-typedef enum weight_kind { KIND_Q8_0, KIND_Q4_0, KIND_Q4_0_R16 } weight_kind;
-static const char *const kind_names[] = {"q8_0", "q4_0", "q4_0_r16"};
+typedef enum weight_kind { KIND_Q8_0, KIND_Q4_0, KIND_Q8_0_R16, KIND_Q4_0_R16, N_KINDS } weight_kind;
+static const char *const kind_names[] = {"q8_0", "q4_0", "q8_0_r16", "q4_0_r16"};
+
+static lmoe_gemm_fn gemm_of(const lmoe_kernels *k, weight_kind kind) {
+    lmoe_gemm_fn f[] = {k->gemm_q8_0, k->gemm_q4_0, k->gemm_q8_0_r16, k->gemm_q4_0_r16};
+    return f[kind];
+}
+
+typedef void (*matvec_fn)(const void *, const void *, float *, size_t, size_t, size_t);
+static matvec_fn matvec_of(const lmoe_kernels *k, weight_kind kind) {
+    matvec_fn f[] = {k->matvec_q8_0, k->matvec_q4_0, k->matvec_q8_0_r16, k->matvec_q4_0_r16};
+    return f[kind];
+}
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define SENTINEL 12345.0f
 
@@ -83,14 +95,10 @@ static size_t compare_case(const lmoe_kernels *k, weight_kind kind, const void *
     for (size_t t = n_tokens; t-- > 0;) k->gemm_pack_token(x + t * n_blocks, t, n_blocks, packed);
     lmoe_q8_batch batch = {packed, n_tokens, n_blocks};
     for (size_t i = 0; i < n_tokens * ldy; i++) y[i] = SENTINEL;
-    (kind == KIND_Q8_0   ? k->gemm_q8_0
-     : kind == KIND_Q4_0 ? k->gemm_q4_0
-                         : k->gemm_q4_0_r16)(w, &batch, y, ldy, n_cols, r0, r1, scratch);
+    gemm_of(k, kind)(w, &batch, y, ldy, n_cols, r0, r1, scratch);
     size_t bad = 0;
     for (size_t t = 0; t < n_tokens; t++) {
-        (kind == KIND_Q8_0   ? k->matvec_q8_0
-         : kind == KIND_Q4_0 ? k->matvec_q4_0
-                             : k->matvec_q4_0_r16)(w, x + t * n_blocks, want, n_cols, r0, r1);
+        matvec_of(k, kind)(w, x + t * n_blocks, want, n_cols, r0, r1);
         for (size_t r = 0; r < ldy; r++) {
             float got = y[t * ldy + r];
             int ok = r >= r0 && r < r1 ? memcmp(&got, &want[r], sizeof got) == 0 : got == SENTINEL;
@@ -108,23 +116,28 @@ static void test_table(const lmoe_kernels *k) {
     for (size_t wi = 0; wi < COUNT(widths); wi++) {
         size_t n_cols = widths[wi], n_blocks = n_cols / LMOE_QK;
         size_t max_tokens = token_counts[COUNT(token_counts) - 1];
-        guarded g8, g4, g16;
+        guarded g8, g4, g16, g8r;
         block_q8_0 *w8 = guarded_alloc(&g8, N_ROWS * n_blocks * sizeof *w8);
         block_q4_0 *w4 = guarded_alloc(&g4, N_ROWS * n_blocks * sizeof *w4);
         size_t n_groups = R16_ROWS / LMOE_R16_ROWS;
         block_q4_0_r16 *w16 = guarded_alloc(&g16, n_groups * n_blocks * sizeof *w16);
+        block_q8_0_r16 *w8r = guarded_alloc(&g8r, n_groups * n_blocks * sizeof *w8r);
         block_q8_0 *x = malloc(max_tokens * n_blocks * sizeof *x);
         void *scratch = aligned_alloc(64, LMOE_GEMM_SCRATCH_BYTES(n_cols));
         CHECK(x && scratch);
         fill_random(w8, w4, x, N_ROWS * n_blocks, max_tokens * n_blocks);
-        for (size_t grp = 0; grp < n_groups; grp++)
+        for (size_t grp = 0; grp < n_groups; grp++) {
             lmoe_q4_0_to_r16(w4 + grp * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
                              w16 + grp * n_blocks);
-        for (int kind = KIND_Q8_0; kind <= KIND_Q4_0_R16; kind++) {
-            const void *w = kind == KIND_Q8_0 ? (const void *)w8
-                            : kind == KIND_Q4_0 ? (const void *)w4 : (const void *)w16;
-            const size_t(*ranges)[2] = kind == KIND_Q4_0_R16 ? r16_row_ranges : row_ranges;
-            size_t n_ranges = kind == KIND_Q4_0_R16 ? COUNT(r16_row_ranges) : COUNT(row_ranges);
+            lmoe_q8_0_to_r16(w8 + grp * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
+                             w8r + grp * n_blocks);
+        }
+        const void *weights[] = {w8, w4, w8r, w16};
+        for (int kind = KIND_Q8_0; kind < N_KINDS; kind++) {
+            const void *w = weights[kind];
+            int r16 = kind == KIND_Q8_0_R16 || kind == KIND_Q4_0_R16;
+            const size_t(*ranges)[2] = r16 ? r16_row_ranges : row_ranges;
+            size_t n_ranges = r16 ? COUNT(r16_row_ranges) : COUNT(row_ranges);
             size_t bad = 0, cases = 0;
             for (size_t ti = 0; ti < COUNT(token_counts); ti++)
                 for (size_t ri = 0; ri < n_ranges; ri++, cases++)
@@ -135,6 +148,7 @@ static void test_table(const lmoe_kernels *k) {
         }
         free(x), free(scratch);
         munmap(g8.map, g8.map_bytes), munmap(g4.map, g4.map_bytes), munmap(g16.map, g16.map_bytes);
+        munmap(g8r.map, g8r.map_bytes);
     }
 }
 
@@ -145,6 +159,7 @@ int main(void) {
         if (!k) continue; /* this CPU cannot run it */
         CHECK_MSG((k->gemm_q8_0 == NULL) == (k->gemm_q4_0 == NULL) &&
                       (k->gemm_q4_0 == NULL) == (k->gemm_q4_0_r16 == NULL) &&
+                      (k->gemm_q4_0 == NULL) == (k->gemm_q8_0_r16 == NULL) &&
                       (k->gemm_q4_0 == NULL) == (k->gemm_pack_token == NULL) &&
                       (k->gemm_q4_0 == NULL) == (k->gemm_x_bytes == NULL),
                   "table '%s' has some batched kernels but not all", k->name);

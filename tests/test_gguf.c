@@ -95,6 +95,7 @@ static const tensor_spec tensor_specs[] = {
     {"t.f16.3d", GGML_TYPE_F16, 3, {1, 1, 1}, 2},
     {"t.bf16.1d", GGML_TYPE_BF16, 1, {33}, 66},
     {"t.q4_0_r16.3d", LMOE_TYPE_Q4_0_R16, 3, {64, 16, 2}, 2 * 16 * 2 * 18},
+    {"t.q8_0_r16.2d", LMOE_TYPE_Q8_0_R16, 2, {32, 32}, 32 * 34},
 };
 #define N_TENSORS (sizeof tensor_specs / sizeof tensor_specs[0])
 
@@ -355,6 +356,9 @@ static void test_writer_refusals(void) {
     st = gguf_writer_add_tensor(w, "partgroup", LMOE_TYPE_Q4_0_R16, 2, ne_part_group, data);
     CHECK_MSG(st == LMOE_ERR_BAD_FILE && strstr(lmoe_last_error(), "groups of 16"),
               "q4_0_r16 with 24 rows -> %d (%s)", (int)st, lmoe_last_error());
+    st = gguf_writer_add_tensor(w, "partgroup8", LMOE_TYPE_Q8_0_R16, 2, ne_part_group, data);
+    CHECK_MSG(st == LMOE_ERR_BAD_FILE && strstr(lmoe_last_error(), "q8_0_r16"),
+              "q8_0_r16 with 24 rows -> %d (%s)", (int)st, lmoe_last_error());
     uint64_t ne_zero[2] = {4, 0};
     st = gguf_writer_add_tensor(w, "zero", GGML_TYPE_F32, 2, ne_zero, data);
     CHECK_MSG(st != LMOE_OK && strstr(lmoe_last_error(), "zero"), "zero dim -> %d (%s)", (int)st,
@@ -672,6 +676,7 @@ static void test_open_arguments(void) {
 
     CHECK(strcmp(ggml_type_name(GGML_TYPE_Q4_0), "q4_0") == 0);
     CHECK(strcmp(ggml_type_name(LMOE_TYPE_Q4_0_R16), "q4_0_r16") == 0);
+    CHECK(strcmp(ggml_type_name(LMOE_TYPE_Q8_0_R16), "q8_0_r16") == 0);
     CHECK(strcmp(ggml_type_name((ggml_type)3), "unknown") == 0);
     CHECK(ggml_type_block_bytes(GGML_TYPE_Q8_0) == 34);
     CHECK(ggml_type_block_elems(GGML_TYPE_Q8_0) == 32);

@@ -612,8 +612,8 @@ static void compare_swiglu(const lmoe_kernels *k) {
  * quantize_q8_0 must give generic's blocks byte for byte (quant.h's reference rounding); the
  * quantised matvecs must agree with generic within 1e-5 of the scale of their terms,
  * sum_b |d_w d_x dot_b| (the integer dot of each block is exact, only the float accumulation may
- * differ), and the x86 tables, which repeat generic's float operations lane by lane, must equal it
- * bit for bit. */
+ * differ), and the x86 and NEON tables, which repeat generic's float operations lane by lane, must
+ * equal it bit for bit. */
 
 #define Q_ROWS 19
 /* All rows (two groups of 8 and a leftover of 3), ranges not starting at 0, a single row, an
@@ -625,7 +625,8 @@ static const size_t q_widths[] = {32, 64, 96, 160, 256, 4096, 11008};
 /* Tables whose quantised products are generic's bit for bit (documented in their files). */
 static int quantised_bit_exact(const lmoe_kernels *k) {
     return strcmp(k->name, "avx2") == 0 || strcmp(k->name, "avx512") == 0 ||
-           strcmp(k->name, "avx512vnni") == 0;
+           strcmp(k->name, "avx512vnni") == 0 || strcmp(k->name, "neon") == 0 ||
+           strcmp(k->name, "neon_dotprod") == 0;
 }
 
 static uint32_t rng_u32(void) {
@@ -788,41 +789,61 @@ static void compare_quantized_matvec_case(const lmoe_kernels *k, size_t n_cols, 
     buffer_free(&b8), buffer_free(&b4), buffer_free(&bx), buffer_free(&by), buffer_free(&byg);
 }
 
-/* Q4_0_R16: random Q4_0 rows interleaved by quant.c; matvec_q4_0_r16 must give what generic's
- * matvec_q4_0 gives for the same rows in Q4_0 (generic's own r16 kernel and the x86 tables bit for
- * bit, the others within sum_close), write only the groups asked for, and read nothing past the
- * matrix. */
+/* The _R16 types: random Q8_0 / Q4_0 rows (every byte value, -128 included) interleaved by
+ * quant.c; matvec_q8_0_r16 / matvec_q4_0_r16 must give what generic's matvec_q8_0 / matvec_q4_0
+ * gives for the same rows (generic's own _r16 kernels and the x86 tables bit for bit, the others
+ * within sum_close), write only the groups asked for, and read nothing past the matrix. */
 #define R16_TEST_ROWS 48
 static const size_t r16_row_ranges[][2] = {{0, 48}, {16, 32}, {32, 48}, {0, 16}, {16, 16}};
 
-static void compare_r16_matvec_case(const lmoe_kernels *k, size_t n_cols, placement where) {
+static void compare_r16_matvec_case(const lmoe_kernels *k, size_t n_cols, placement where, int q8) {
     const lmoe_kernels *g = lmoe_kernels_generic();
     size_t n_blocks = n_cols / LMOE_QK, n_groups = R16_TEST_ROWS / LMOE_R16_ROWS;
+    size_t block_bytes = q8 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    block_q8_0 *w8 = malloc(R16_TEST_ROWS * n_blocks * sizeof *w8);
     block_q4_0 *w4 = malloc(R16_TEST_ROWS * n_blocks * sizeof *w4);
     block_q8_0 *xq = malloc(n_blocks * sizeof *xq);
     test_buffer bw, by;
     /* bytes, two at a time: the scales stay 2-aligned, nothing else is */
-    block_q4_0_r16 *w = buffer_alloc(&bw, n_groups * n_blocks * sizeof(block_q4_0_r16) / 2, 2, where);
+    char *w = buffer_alloc(&bw, R16_TEST_ROWS * n_blocks * block_bytes / 2, 2, where);
     float *y = buffer_alloc(&by, R16_TEST_ROWS, sizeof(float), where);
     float y_gen[R16_TEST_ROWS], y_r16_gen[R16_TEST_ROWS];
     for (size_t i = 0; i < R16_TEST_ROWS * n_blocks; i++) {
-        w4[i].d = lmoe_f32_to_f16(uniform(-0.1f, 0.1f) * (i % 7 == 0 ? 1000.0f : 1.0f));
+        w8[i].d = w4[i].d = lmoe_f32_to_f16(uniform(-0.1f, 0.1f) * (i % 7 == 0 ? 1000.0f : 1.0f));
+        for (int j = 0; j < LMOE_QK; j++) w8[i].qs[j] = (int8_t)(rng_u32() >> 24);
         for (int j = 0; j < LMOE_QK / 2; j++) w4[i].qs[j] = (uint8_t)(rng_u32() >> 24);
     }
+    /* a row of -128 everywhere: with an x of -128 everywhere (the second round below), the
+     * largest products there are, which a kernel summing them in 16 bits would overflow */
+    for (size_t b = 0; b < n_blocks; b++)
+        for (int j = 0; j < LMOE_QK; j++) w8[5 * n_blocks + b].qs[j] = -128;
     for (size_t b = 0; b < n_blocks; b++) {
         xq[b].d = lmoe_f32_to_f16(uniform(0.001f, 0.1f));
         for (int j = 0; j < LMOE_QK; j++) xq[b].qs[j] = (int8_t)(rng_u32() >> 24);
     }
     xq[0].qs[0] = -128;
-    for (size_t grp = 0; grp < n_groups; grp++)
-        lmoe_q4_0_to_r16(w4 + grp * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks, w + grp * n_blocks);
+    for (size_t grp = 0; grp < n_groups; grp++) {
+        if (q8)
+            lmoe_q8_0_to_r16(w8 + grp * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
+                             (block_q8_0_r16 *)w + grp * n_blocks);
+        else
+            lmoe_q4_0_to_r16(w4 + grp * LMOE_R16_ROWS * n_blocks, n_blocks, n_blocks,
+                             (block_q4_0_r16 *)w + grp * n_blocks);
+    }
+    const char *type = q8 ? "q8_0_r16" : "q4_0_r16";
     size_t bad = 0, bad_exact = 0, bad_sentinel = 0, bad_generic = 0;
-    for (size_t c = 0; c < sizeof r16_row_ranges / sizeof r16_row_ranges[0]; c++) {
-        size_t r0 = r16_row_ranges[c][0], r1 = r16_row_ranges[c][1];
+    size_t n_ranges = sizeof r16_row_ranges / sizeof r16_row_ranges[0];
+    for (size_t c = 0; c < 2 * n_ranges; c++) {
+        size_t r0 = r16_row_ranges[c % n_ranges][0], r1 = r16_row_ranges[c % n_ranges][1];
+        if (c == n_ranges) /* second round: x all -128 */
+            for (size_t b = 0; b < n_blocks; b++) memset(xq[b].qs, 0x80, LMOE_QK);
         for (size_t r = 0; r < R16_TEST_ROWS; r++) y[r] = y_gen[r] = y_r16_gen[r] = 12345.0f;
-        k->matvec_q4_0_r16(w, xq, y, n_cols, r0, r1);
-        g->matvec_q4_0_r16(w, xq, y_r16_gen, n_cols, r0, r1);
-        g->matvec_q4_0(w4, xq, y_gen, n_cols, r0, r1);
+        (q8 ? k->matvec_q8_0_r16 : k->matvec_q4_0_r16)(w, xq, y, n_cols, r0, r1);
+        (q8 ? g->matvec_q8_0_r16 : g->matvec_q4_0_r16)(w, xq, y_r16_gen, n_cols, r0, r1);
+        if (q8)
+            g->matvec_q8_0(w8, xq, y_gen, n_cols, r0, r1);
+        else
+            g->matvec_q4_0(w4, xq, y_gen, n_cols, r0, r1);
         for (size_t r = 0; r < R16_TEST_ROWS; r++) {
             if (r < r0 || r >= r1) {
                 bad_sentinel += y[r] != 12345.0f;
@@ -830,25 +851,25 @@ static void compare_r16_matvec_case(const lmoe_kernels *k, size_t n_cols, placem
             }
             double abs_sum = 0.0; /* a bound on sum_b |d_w d_x dot_b| */
             for (size_t b = 0; b < n_blocks; b++)
-                abs_sum += fabs((double)lmoe_f16_to_f32(w4[r * n_blocks + b].d) *
-                                lmoe_f16_to_f32(xq[b].d)) * 32 * 8 * 128;
+                abs_sum += fabs((double)lmoe_f16_to_f32(w8[r * n_blocks + b].d) *
+                                lmoe_f16_to_f32(xq[b].d)) * 32 * 128 * 128;
             if (!sum_close(y[r], y_gen[r], abs_sum) && bad++ == 0)
-                fprintf(stderr, "  %s matvec_q4_0_r16 n_cols=%zu rows [%zu,%zu) row %zu: %.9g, "
-                        "generic q4_0 %.9g\n", k->name, n_cols, r0, r1, r, y[r], y_gen[r]);
+                fprintf(stderr, "  %s matvec_%s n_cols=%zu rows [%zu,%zu) row %zu: %.9g, "
+                        "generic %.9g\n", k->name, type, n_cols, r0, r1, r, y[r], y_gen[r]);
             bad_exact += memcmp(&y[r], &y_gen[r], sizeof(float)) != 0;
             bad_generic += memcmp(&y_r16_gen[r], &y_gen[r], sizeof(float)) != 0;
         }
     }
-    CHECK_MSG(bad == 0, "%s matvec_q4_0_r16 n_cols=%zu placement %d: %zu rows off generic",
-              k->name, n_cols, (int)where, bad);
-    CHECK_MSG(!quantised_bit_exact(k) || bad_exact == 0, "%s matvec_q4_0_r16 n_cols=%zu: %zu rows "
-              "not bit-identical to generic's q4_0", k->name, n_cols, bad_exact);
-    CHECK_MSG(bad_generic == 0, "generic matvec_q4_0_r16 n_cols=%zu: %zu rows not bit-identical "
-              "to its q4_0", n_cols, bad_generic);
-    CHECK_MSG(bad_sentinel == 0, "%s matvec_q4_0_r16 n_cols=%zu: %zu rows outside the range "
-              "written", k->name, n_cols, bad_sentinel);
+    CHECK_MSG(bad == 0, "%s matvec_%s n_cols=%zu placement %d: %zu rows off generic", k->name,
+              type, n_cols, (int)where, bad);
+    CHECK_MSG(!quantised_bit_exact(k) || bad_exact == 0, "%s matvec_%s n_cols=%zu: %zu rows not "
+              "bit-identical to generic's", k->name, type, n_cols, bad_exact);
+    CHECK_MSG(bad_generic == 0, "generic matvec_%s n_cols=%zu: %zu rows not bit-identical to its "
+              "plain type's", type, n_cols, bad_generic);
+    CHECK_MSG(bad_sentinel == 0, "%s matvec_%s n_cols=%zu: %zu rows outside the range written",
+              k->name, type, n_cols, bad_sentinel);
     buffer_free(&bw), buffer_free(&by);
-    free(w4), free(xq);
+    free(w8), free(w4), free(xq);
 }
 
 static void compare_quantized(const lmoe_kernels *k) {
@@ -858,8 +879,10 @@ static void compare_quantized(const lmoe_kernels *k) {
         compare_quantized_matvec_case(k, q_widths[s], PLACE_UNALIGNED, 0);
         compare_quantized_matvec_case(k, q_widths[s], s % 2 ? PLACE_UNALIGNED : PLACE_BEFORE_GUARD,
                                       1);
-        compare_r16_matvec_case(k, q_widths[s], PLACE_BEFORE_GUARD);
-        compare_r16_matvec_case(k, q_widths[s], PLACE_UNALIGNED);
+        for (int q8 = 0; q8 <= 1; q8++) {
+            compare_r16_matvec_case(k, q_widths[s], PLACE_BEFORE_GUARD, q8);
+            compare_r16_matvec_case(k, q_widths[s], PLACE_UNALIGNED, q8);
+        }
     }
 }
 

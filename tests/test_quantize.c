@@ -1,7 +1,8 @@
 /* test_quantize.c - `llamamoe-convert quantize` on tiny-llama-moe-2_8 (expert width 48, not a
  * multiple of 32) and stories260K (FFN 172):
- *   - q4_0_r16 (the same values as q4_0, 16 rows interleaved) gives q4_0's logits bit for bit,
- *     the prompt at once and token by token (batched and decode kernels);
+ *   - q8_0_r16 / q4_0_r16 (the same values as q8_0 / q4_0, 16 rows interleaved) give q8_0's /
+ *     q4_0's logits bit for bit, the prompt at once and token by token (batched and decode
+ *     kernels);
  *   - q8_0 / q4_0 files pad the FFN width to whole blocks with zero neurons (checked in the file:
  *     the padded rows of gate/up and columns of down are exactly zero), record the original width,
  *     keep norms and gates f32, and run close to the f32 model (q8_0: same top-1 as the golden
@@ -164,11 +165,12 @@ int main(int argc, char **argv) {
 
     static const struct { const char *name; ggml_type type; double tolerance; } kinds[] = {
         {"q8_0", GGML_TYPE_Q8_0, 0.05}, {"q4_0", GGML_TYPE_Q4_0, 0.5},
-        {"q4_0_r16", LMOE_TYPE_Q4_0_R16, 0.5}, {"f16", GGML_TYPE_F16, 0}, {"bf16", GGML_TYPE_BF16, 0},
+        {"q4_0_r16", LMOE_TYPE_Q4_0_R16, 0.5}, {"q8_0_r16", LMOE_TYPE_Q8_0_R16, 0.05},
+        {"f16", GGML_TYPE_F16, 0}, {"bf16", GGML_TYPE_BF16, 0},
     };
-    /* q4_0's logits, batched and token by token: q4_0_r16 holds the same values and must give
-     * them bit for bit both ways */
-    static float q4[V], q4_seq[V], seq[V];
+    /* q4_0's and q8_0's logits, batched and token by token: the _r16 types hold the same values
+     * and must give them bit for bit both ways */
+    static float q4[V], q4_seq[V], q8[V], q8_seq[V], seq[V];
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         char out[4096], name[64];
         snprintf(name, sizeof name, "quantize-2_8-%s.gguf", kinds[k].name);
@@ -182,14 +184,19 @@ int main(int argc, char **argv) {
         printf("%s: max |logit - f32| = %.3g, top-1 %d (golden %d)\n", kinds[k].name, d,
                argmax(got, V), golden_top1);
         CHECK_MSG(argmax(got, V) == golden_top1, "%s: top-1 changed", kinds[k].name);
-        if (kinds[k].type == GGML_TYPE_Q4_0 || kinds[k].type == LMOE_TYPE_Q4_0_R16) {
+        ggml_type t = kinds[k].type;
+        if (t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || ggml_type_is_r16(t)) {
+            int is4 = t == GGML_TYPE_Q4_0 || t == LMOE_TYPE_Q4_0_R16;
+            float *plain = is4 ? q4 : q8, *plain_seq = is4 ? q4_seq : q8_seq;
             CHECK(last_logits_as(out, ids, n_ids, seq, V, 1));
-            if (kinds[k].type == GGML_TYPE_Q4_0) {
-                memcpy(q4, got, sizeof q4), memcpy(q4_seq, seq, sizeof q4_seq);
+            if (!ggml_type_is_r16(t)) {
+                memcpy(plain, got, sizeof q4), memcpy(plain_seq, seq, sizeof q4);
             } else {
-                CHECK_MSG(memcmp(got, q4, sizeof q4) == 0, "q4_0_r16: logits differ from q4_0's");
-                CHECK_MSG(memcmp(seq, q4_seq, sizeof seq) == 0,
-                          "q4_0_r16: token-by-token logits differ from q4_0's");
+                CHECK_MSG(memcmp(got, plain, sizeof q4) == 0, "%s: logits differ from %s's",
+                          kinds[k].name, is4 ? "q4_0" : "q8_0");
+                CHECK_MSG(memcmp(seq, plain_seq, sizeof q4) == 0,
+                          "%s: token-by-token logits differ from %s's", kinds[k].name,
+                          is4 ? "q4_0" : "q8_0");
             }
         }
         if (kinds[k].tolerance > 0) {

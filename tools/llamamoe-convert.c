@@ -29,7 +29,7 @@ static void usage(FILE *out) {
             "      (llama) or Mixtral-style (mixtral) model; --type sets the weight matrices' type\n"
             "      (default: the checkpoint's), --chat the recorded chat format (default: vicuna\n"
             "      for models whose name contains 'sft')\n"
-            "  llamamoe-convert quantize IN.gguf -o OUT.gguf --type q8_0|q4_0|q4_0_r16|bf16|f16\n"
+            "  llamamoe-convert quantize IN.gguf -o OUT.gguf --type q8_0|q4_0|q8_0_r16|q4_0_r16|bf16|f16\n"
             "      rewrite the weight matrices (norms and MoE gates stay f32; FFN widths that are\n"
             "      not a multiple of 32 are padded with zero neurons, which is exact)\n"
             "  llamamoe-convert info FILE.gguf\n"
@@ -172,6 +172,7 @@ static int parse_type(const char *name, int allow_blocks, ggml_type *out) {
     static const struct { const char *name; ggml_type type; int block; } types[] = {
         {"f32", GGML_TYPE_F32, 0},   {"f16", GGML_TYPE_F16, 0},   {"bf16", GGML_TYPE_BF16, 0},
         {"q8_0", GGML_TYPE_Q8_0, 1}, {"q4_0", GGML_TYPE_Q4_0, 1}, {"q4_0_r16", LMOE_TYPE_Q4_0_R16, 1},
+        {"q8_0_r16", LMOE_TYPE_Q8_0_R16, 1},
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (strcmp(name, types[i].name) == 0 && (allow_blocks || !types[i].block)) {
@@ -184,7 +185,7 @@ static int parse_type(const char *name, int allow_blocks, ggml_type *out) {
 static int cmd_quantize(const char *in_path, const char *out_path, const char *type) {
     quantize_options o = {.progress = progress_to_stderr};
     if (!type || !parse_type(type, 1, &o.type) || o.type == GGML_TYPE_F32) {
-        fprintf(stderr, "llamamoe-convert quantize: --type must be q8_0, q4_0, q4_0_r16, bf16 or f16\n");
+        fprintf(stderr, "llamamoe-convert quantize: --type must be q8_0, q4_0, q8_0_r16, q4_0_r16, bf16 or f16\n");
         return 2;
     }
     lmoe_status st = gguf_quantize(in_path, out_path, &o);

@@ -16,13 +16,13 @@
  *     equal the f32 kernel on exactly widened weights, bit for bit.
  *   - matvec_q8_0 / matvec_q4_0 compute each block's integer dot exactly and then do generic's
  *     float operations in generic's order (sum = fma(dot, d_w * d_x, sum), block by block), one
- *     row per lane: the results equal generic's bit for bit. matvec_q4_0_r16 does the same, a
- *     group's 16 rows in 4 registers: its layout puts 4 quants of 4 rows in every 16 bytes, a row
- *     per 32-bit lane, so SDOT by lane (or widening multiplies) leaves each row's exact block dot
- *     in its own lane with no reduction across lanes; it too equals generic's (and so the Q4_0
- *     kernels' results for the same rows) bit for bit. quantize_q8_0 does generic's rounding
- *     steps (max |x|, d = max / 127, id = 1 / d, round half away from zero) and gives generic's
- *     blocks byte for byte.
+ *     row per lane: the results equal generic's bit for bit. matvec_q8_0_r16 / matvec_q4_0_r16
+ *     do the same, a group's 16 rows in 4 registers: their layouts put 4 quants of 4 rows in every
+ *     16 bytes, a row per 32-bit lane, so SDOT by lane (or widening multiplies) leaves each row's
+ *     exact block dot in its own lane with no reduction across lanes; they too equal generic's
+ *     (and so the Q8_0 / Q4_0 kernels' results for the same rows) bit for bit. quantize_q8_0 does
+ *     generic's rounding steps (max |x|, d = max / 127, id = 1 / d, round half away from zero)
+ *     and gives generic's blocks byte for byte.
  *   - rmsnorm differs only in its sum of squares; axpy, softmax and swiglu do generic's float
  *     operations element by element (expf stays libm's, one lane at a time) and so give
  *     generic's results exactly. */
@@ -270,13 +270,14 @@ static void neon_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t n
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Q4_0_R16 weights @ Q8_0 activations
+ * Q8_0_R16 / Q4_0_R16 weights @ Q8_0 activations
  * ---------------------------------------------------------------------------------------------- */
 
-/* Q4_0_R16 (quant.h): each 16-byte piece of qs[k] is 4 quants of each of 4 rows (a row per 32-bit
- * lane), so a lane accumulates its own row's dot product: no reduction across lanes. The nibbles
- * are used as they are (0 to 15), and each lane starts at -8 times the sum of x's 32 quants (the
- * nibbles' offset): the same exact integer as generic's sum of (q - 8) * x. */
+/* Q8_0_R16 and Q4_0_R16 (quant.h): each 16-byte piece of qs[k] is 4 quants (Q4_0_R16: 4 bytes of
+ * nibble pairs) of each of 4 rows (a row per 32-bit lane), so a lane accumulates its own row's dot
+ * product: no reduction across lanes. Q8_0's quants are used as they are, and its lanes start at
+ * 0. Q4_0's nibbles are used as they are (0 to 15), and each lane starts at -8 times the sum of
+ * x's 32 quants (the nibbles' offset): the same exact integer as generic's sum of (q - 8) * x. */
 static ALWAYS_INLINE int32x4_t r16_x_start(int8x16_t x0, int8x16_t x1) {
     return vdupq_n_s32(-8 * ((int32_t)vaddlvq_s8(x0) + (int32_t)vaddlvq_s8(x1)));
 }
@@ -292,16 +293,31 @@ static ALWAYS_INLINE r16_x r16_load_x(int8x16_t x0, int8x16_t x1) {
     return x;
 }
 
-/* Rows 4j .. 4j+3 of a block (one per lane): start + the exact integer dot of their nibbles with
- * x's quants, SDOT by lane against x's 4 quants of the same positions. Two chains (low and high
- * nibbles) to halve the latency. */
-static ALWAYS_INLINE int32x4_t r16_dot4(const block_q4_0_r16 *g, int j, r16_x x,
-                                        int32x4_t start) {
+/* Rows 4j .. 4j+3 of a Q8_0_R16 block (one per lane): the exact integer dot of their quants with
+ * x's, SDOT by lane against x's 4 quants of the same positions. Two chains (elements 0-15 and
+ * 16-31) to halve the latency. */
+static ALWAYS_INLINE int32x4_t r16_q8_dot4(const block_q8_0_r16 *g, int j, r16_x x) {
+    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+    /* the lane is an immediate: written out, not a loop (so -O0 builds compile too) */
+    lo = vdotq_laneq_s32(lo, vld1q_s8(g->qs[0] + 16 * j), x.x0, 0);
+    hi = vdotq_laneq_s32(hi, vld1q_s8(g->qs[4] + 16 * j), x.x1, 0);
+    lo = vdotq_laneq_s32(lo, vld1q_s8(g->qs[1] + 16 * j), x.x0, 1);
+    hi = vdotq_laneq_s32(hi, vld1q_s8(g->qs[5] + 16 * j), x.x1, 1);
+    lo = vdotq_laneq_s32(lo, vld1q_s8(g->qs[2] + 16 * j), x.x0, 2);
+    hi = vdotq_laneq_s32(hi, vld1q_s8(g->qs[6] + 16 * j), x.x1, 2);
+    lo = vdotq_laneq_s32(lo, vld1q_s8(g->qs[3] + 16 * j), x.x0, 3);
+    hi = vdotq_laneq_s32(hi, vld1q_s8(g->qs[7] + 16 * j), x.x1, 3);
+    return vaddq_s32(lo, hi);
+}
+
+/* The same for a Q4_0_R16 block, from start: low nibbles (elements 0-15) against x0, high ones
+ * (16-31) against x1. */
+static ALWAYS_INLINE int32x4_t r16_q4_dot4(const block_q4_0_r16 *g, int j, r16_x x,
+                                           int32x4_t start) {
     const uint8x16_t low = vdupq_n_u8(0x0f);
     uint8x16_t q0 = vld1q_u8(g->qs[0] + 16 * j), q1 = vld1q_u8(g->qs[1] + 16 * j);
     uint8x16_t q2 = vld1q_u8(g->qs[2] + 16 * j), q3 = vld1q_u8(g->qs[3] + 16 * j);
     int32x4_t lo = start, hi = vdupq_n_s32(0);
-    /* the lane is an immediate: written out, not a loop (so -O0 builds compile too) */
     lo = vdotq_laneq_s32(lo, vreinterpretq_s8_u8(vandq_u8(q0, low)), x.x0, 0);
     hi = vdotq_laneq_s32(hi, vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), x.x1, 0);
     lo = vdotq_laneq_s32(lo, vreinterpretq_s8_u8(vandq_u8(q1, low)), x.x0, 1);
@@ -333,12 +349,28 @@ static ALWAYS_INLINE r16_x r16_load_x(int8x16_t x0, int8x16_t x1) {
     return x;
 }
 
-/* Rows 4j .. 4j+3 of a block, as above with widening products: bytes 0-7 of a piece (rows 4j and
- * 4j+1) go to p01, bytes 8-15 to p23. An int16 lane there sums 8 products of a nibble (0 to 15)
- * and an int8, at most 8 * 15 * 128 = 15360 in magnitude: no overflow. Pairwise widening sums
- * then leave row 4j+i's exact dot in lane i. */
-static ALWAYS_INLINE int32x4_t r16_dot4(const block_q4_0_r16 *g, int j, r16_x x,
-                                        int32x4_t start) {
+/* Rows 4j .. 4j+3 of a Q8_0_R16 block, with widening products: bytes 0-7 of a piece (rows 4j and
+ * 4j+1) go to p01, bytes 8-15 to p23. One int8 * int8 product fits int16 (at most 128 * 128 =
+ * 2^14 in magnitude) but two may not (2^15), so each int16 product is widened (pairwise, into
+ * int32) before it is added to anything: an int32 lane then sums at most 16 products, 2^18 in
+ * magnitude. The last pairwise sums leave row 4j+i's exact dot in lane i. */
+static ALWAYS_INLINE int32x4_t r16_q8_dot4(const block_q8_0_r16 *g, int j, r16_x x) {
+    int32x4_t p01 = vdupq_n_s32(0), p23 = vdupq_n_s32(0);
+    for (int k = 0; k < 4; k++) {
+        int8x16_t lo = vld1q_s8(g->qs[k] + 16 * j), hi = vld1q_s8(g->qs[4 + k] + 16 * j);
+        p01 = vpadalq_s16(p01, vmull_s8(vget_low_s8(lo), vget_low_s8(x.lo[k])));
+        p23 = vpadalq_s16(p23, vmull_high_s8(lo, x.lo[k]));
+        p01 = vpadalq_s16(p01, vmull_s8(vget_low_s8(hi), vget_low_s8(x.hi[k])));
+        p23 = vpadalq_s16(p23, vmull_high_s8(hi, x.hi[k]));
+    }
+    return vpaddq_s32(p01, p23);
+}
+
+/* The same for a Q4_0_R16 block, from start, the low nibbles against lo[k], the high ones against
+ * hi[k]. Here an int16 lane sums 8 products of a nibble (0 to 15) and an int8, at most
+ * 8 * 15 * 128 = 15360 in magnitude: no overflow, so the products accumulate in int16. */
+static ALWAYS_INLINE int32x4_t r16_q4_dot4(const block_q4_0_r16 *g, int j, r16_x x,
+                                           int32x4_t start) {
     const uint8x16_t low = vdupq_n_u8(0x0f);
     int16x8_t p01 = vdupq_n_s16(0), p23 = vdupq_n_s16(0);
     for (int k = 0; k < 4; k++) {
@@ -357,27 +389,42 @@ static ALWAYS_INLINE int32x4_t r16_dot4(const block_q4_0_r16 *g, int j, r16_x x,
 /* y[r] for r in [row_begin, row_end), a group of 16 rows at a time: 4 registers of 4 rows, each
  * lane doing generic's float operations on its row in generic's order. Nothing is read but the
  * group's blocks and x's, and nothing needs more than 2-byte alignment. */
-static void neon_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
-                                 size_t row_begin, size_t row_end) {
+static ALWAYS_INLINE void matvec_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                     size_t row_begin, size_t row_end, int q4) {
     size_t n_blocks = n_cols / LMOE_QK;
+    size_t block_bytes = q4 ? sizeof(block_q4_0_r16) : sizeof(block_q8_0_r16);
     const block_q8_0 *x = x_q8;
     for (size_t r = row_begin; r < row_end; r += LMOE_R16_ROWS) {
-        const block_q4_0_r16 *g = (const block_q4_0_r16 *)w + r / LMOE_R16_ROWS * n_blocks;
+        const char *g = (const char *)w + r / LMOE_R16_ROWS * n_blocks * block_bytes;
         float32x4_t sum[4];
         for (int j = 0; j < 4; j++) sum[j] = vdupq_n_f32(0.0f);
         for (size_t b = 0; b < n_blocks; b++) {
+            const char *blk = g + b * block_bytes;
+            const uint16_t *d = (const uint16_t *)blk; /* d[16] is the first field of both */
             int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
-            int32x4_t start = r16_x_start(x0, x1);
+            int32x4_t start = q4 ? r16_x_start(x0, x1) : vdupq_n_s32(0);
             r16_x xq = r16_load_x(x0, x1);
             float32x4_t d_x = vdupq_n_f32(half_to_f32(x[b].d));
             for (int j = 0; j < 4; j++) {
-                int32x4_t dot = r16_dot4(&g[b], j, xq, start); /* |dot| <= 2^15: exact in f32 */
-                float32x4_t d_w = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(g[b].d + 4 * j)));
+                /* |dot| <= 32 * 128 * 128 = 2^19 (Q4_0: 2^15): exact in f32 */
+                int32x4_t dot = q4 ? r16_q4_dot4((const block_q4_0_r16 *)blk, j, xq, start)
+                                   : r16_q8_dot4((const block_q8_0_r16 *)blk, j, xq);
+                float32x4_t d_w = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(d + 4 * j)));
                 sum[j] = vfmaq_f32(sum[j], vcvtq_f32_s32(dot), vmulq_f32(d_w, d_x));
             }
         }
         for (int j = 0; j < 4; j++) vst1q_f32(y + r + 4 * j, sum[j]);
     }
+}
+
+static void neon_matvec_q8_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                 size_t row_begin, size_t row_end) {
+    matvec_r16(w, x_q8, y, n_cols, row_begin, row_end, 0);
+}
+
+static void neon_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                 size_t row_begin, size_t row_end) {
+    matvec_r16(w, x_q8, y, n_cols, row_begin, row_end, 1);
 }
 
 /* x (n,) -> n / 32 Q8_0 blocks with quant.c's rounding: amax = max |x| (FMAXNM, like fmaxf),
@@ -509,6 +556,7 @@ static const lmoe_kernels neon_table = {
     .axpy = neon_axpy,
     .matvec_q8_0 = neon_matvec_q8_0,
     .matvec_q4_0 = neon_matvec_q4_0,
+    .matvec_q8_0_r16 = neon_matvec_q8_0_r16,
     .matvec_q4_0_r16 = neon_matvec_q4_0_r16,
     .quantize_q8_0 = neon_quantize_q8_0,
 };

@@ -111,6 +111,26 @@ static void generic_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, s
     }
 }
 
+/* The same as generic_matvec_q8_0, reading each row's quants and scale out of its group. */
+static void generic_matvec_q8_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                    size_t row_begin, size_t row_end) {
+    size_t n_blocks = n_cols / LMOE_QK;
+    const block_q8_0 *x = x_q8;
+    for (size_t r = row_begin; r < row_end; r++) {
+        const block_q8_0_r16 *group = (const block_q8_0_r16 *)w + r / LMOE_R16_ROWS * n_blocks;
+        size_t lane = 4 * (r % LMOE_R16_ROWS);
+        float sum = 0.0f;
+        for (size_t b = 0; b < n_blocks; b++) {
+            int32_t dot = 0;
+            for (int j = 0; j < LMOE_QK; j++)
+                dot += (int32_t)group[b].qs[j / 4][lane + j % 4] * x[b].qs[j];
+            float d_w = lmoe_f16_to_f32(group[b].d[r % LMOE_R16_ROWS]);
+            sum = fmaf((float)dot, d_w * lmoe_f16_to_f32(x[b].d), sum);
+        }
+        y[r] = sum;
+    }
+}
+
 static void generic_quantize_q8_0(const float *x, void *x_q8, size_t n) {
     lmoe_quantize_row_q8_0(x, x_q8, n);
 }
@@ -199,6 +219,7 @@ static const lmoe_kernels generic_table = {
     .axpy = generic_axpy,
     .matvec_q8_0 = generic_matvec_q8_0,
     .matvec_q4_0 = generic_matvec_q4_0,
+    .matvec_q8_0_r16 = generic_matvec_q8_0_r16,
     .matvec_q4_0_r16 = generic_matvec_q4_0_r16,
     .quantize_q8_0 = generic_quantize_q8_0,
     .attention = generic_attention,

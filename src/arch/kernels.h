@@ -70,9 +70,12 @@ typedef struct lmoe_kernels {
                         size_t row_begin, size_t row_end);
     void (*matvec_q4_0)(const void *w, const void *x_q8, float *y, size_t n_cols,
                         size_t row_begin, size_t row_end);
-    /* The same for Q4_0_R16 weights (quant.h: Q4_0's values, 16 rows interleaved): w is the
-     * matrix's first group; row_begin and row_end are multiples of 16. Bit for bit the table's
-     * matvec_q4_0 of the same rows in Q4_0. */
+    /* The same for Q8_0_R16 / Q4_0_R16 weights (quant.h: Q8_0's / Q4_0's values, 16 rows
+     * interleaved): w is the matrix's first group; row_begin and row_end are multiples of 16. The
+     * same result as generic's matvec_q8_0 / matvec_q4_0 of the same rows, to the same tolerance
+     * as the table's own matvec_q8_0 / matvec_q4_0 (bit for bit on x86). */
+    void (*matvec_q8_0_r16)(const void *w, const void *x_q8, float *y, size_t n_cols,
+                            size_t row_begin, size_t row_end);
     void (*matvec_q4_0_r16)(const void *w, const void *x_q8, float *y, size_t n_cols,
                             size_t row_begin, size_t row_end);
     /* x (n,) -> n / 32 Q8_0 blocks, the activations' side of the quantised products. */
@@ -86,8 +89,9 @@ typedef struct lmoe_kernels {
      * matvec, token by token (the test checks both ways agree). */
     lmoe_gemm_fn gemm_q8_0;
     lmoe_gemm_fn gemm_q4_0;
-    /* The same for Q4_0_R16 (row_begin, row_end multiples of 16). A table has all three or none,
-     * and with them the two below. */
+    /* The same for Q8_0_R16 / Q4_0_R16 (row_begin, row_end multiples of 16). A table has all
+     * four or none, and with them the two below. */
+    lmoe_gemm_fn gemm_q8_0_r16;
     lmoe_gemm_fn gemm_q4_0_r16;
     /* The batched kernels' activation layout: its size for n_tokens rows of n_blocks blocks, and
      * token t's blocks x (n_blocks Q8_0 blocks) written into it. Tokens are independent: threads
@@ -146,6 +150,9 @@ void lmoe_avx512vnni_gemm_q8_0(const void *w, const lmoe_q8_batch *x, float *y, 
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
 void lmoe_avx512vnni_gemm_q4_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch);
+void lmoe_avx512vnni_gemm_q8_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                                   size_t n_cols, size_t row_begin, size_t row_end,
+                                   void *scratch);
 void lmoe_avx512vnni_gemm_q4_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                    size_t n_cols, size_t row_begin, size_t row_end,
                                    void *scratch);

@@ -13,15 +13,20 @@
  *   - rmsnorm differs only in its sum of squares; axpy, softmax and swiglu do generic's float
  *     operations element by element (expf stays libm's, one lane at a time) and so give
  *     generic's results exactly.
- *   - matvec_q8_0 / matvec_q4_0 / matvec_q4_0_r16 equal generic's results bit for bit (exact
- *     integer block dots, then generic's float operations in generic's order), and quantize_q8_0
- *     gives generic's bytes; see the section on the quantised kernels.
+ *   - matvec_q8_0 / matvec_q4_0 / matvec_q8_0_r16 / matvec_q4_0_r16 equal generic's results bit
+ *     for bit (exact integer block dots, then generic's float operations in generic's order), and
+ *     quantize_q8_0 gives generic's bytes; see the section on the quantised kernels.
  *
- * matvec_q4_0_r16 has its own kernel because Q4_0_R16 (quant.h) suits 8-lane vectors: a 32-byte
- * load is 4 quants of each of 8 rows of a group, one row per 32-bit lane, so vpmaddubsw against
- * x's 4 quants broadcast, then vpmaddwd, leaves each lane its own row's dot product. There is no
- * horizontal reduction and no blending of scales per block (matvec_q4_0 needs both; here 8 scales
- * are one 16-byte load), so it runs faster than matvec_q4_0 on the same rows. */
+ * matvec_q4_0_r16 / matvec_q8_0_r16 have their own kernels because the _R16 types (quant.h) suit
+ * 8-lane vectors: a 32-byte load is 4 quants of each of 8 rows of a group, one row per 32-bit
+ * lane, so vpmaddubsw against x's 4 quants broadcast, then vpmaddwd, leaves each lane its own
+ * row's dot product. There is no horizontal reduction and no blending of scales per block
+ * (matvec_q4_0 / matvec_q8_0 need both; here 8 scales are one 16-byte load). Q8_0_R16 takes its
+ * weights as w + 128 (the unsigned side, as x86_r16.h's walk wants), which against x in
+ * -128..127 would saturate vpmaddubsw's pairs, so x is split in two parts that cannot (see its
+ * kernel): exact for every x, -128 included, with no fallback to generic. That costs a second
+ * vpmaddubsw per load, so matvec_q8_0_r16 computes about as fast as matvec_q8_0 (both reach the
+ * memory bandwidth of one core), where matvec_q4_0_r16 is much faster than matvec_q4_0. */
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
 #include <immintrin.h>
@@ -30,7 +35,7 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "x86_q4_0_r16.h"
+#include "x86_r16.h"
 #include "quant.h"
 
 /* Products and sums are fused only where an FMA intrinsic says so (as in generic.c for clang;
@@ -436,15 +441,16 @@ static void avx2_quantize_q8_0(const float *x, void *x_q8, size_t n) {
  * row r. The nibbles (0..15) times x: vpmaddubsw pairs are at most 2 * 15 * 128 = 3840, and the 8
  * pairs per lane of a block (4 loads, low and high nibbles) sum to at most 30720 in 16 bits; one
  * vpmaddwd makes them int32, and x_start (-8 times the block's sum of x quants) turns every q into
- * q - 8. The walk over the groups: x86_q4_0_r16.h. */
-static ALWAYS_INLINE void r16_group(const block_q4_0_r16 *g, const block_q8_0 *x,
-                                    const int32_t *x_start, const float *x_scale, size_t n_blocks,
-                                    int first, float *y) {
+ * q - 8. The walk over the groups: x86_r16.h. */
+static ALWAYS_INLINE void r16_group_q4(const void *gv, const block_q8_0 *x,
+                                       const int32_t *x_start, const float *x_scale,
+                                       size_t n_blocks, int first, float *y) {
+    const block_q4_0_r16 *g = gv;
     const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 acc[2];
     for (int h = 0; h < 2; h++) acc[h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + 8 * h);
     for (size_t b = 0; b < n_blocks; b++) {
-        r16_prefetch(&g[b]);
+        r16_prefetch(&g[b], sizeof g[b]);
         __m256i pairs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int k = 0; k < 4; k++) {
             __m256i x_lo = broadcast_4_bytes((const char *)x[b].qs + 4 * k);
@@ -471,7 +477,82 @@ static ALWAYS_INLINE void r16_group(const block_q4_0_r16 *g, const block_q8_0 *x
 
 static void avx2_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
                                  size_t row_begin, size_t row_end) {
-    r16_matvec(w, x_q8, y, n_cols, row_begin, row_end, r16_group);
+    r16_matvec(w, x_q8, y, n_cols, row_begin, row_end, 0, r16_group_q4);
+}
+
+/* Q8_0_R16, the same walk: u = w + 128 (w XOR 0x80, 0..255) is the unsigned side, and x_start
+ * (-128 times the block's sum of x quants) makes the lanes end at the sum of w * x. u times x
+ * itself could saturate vpmaddubsw's pairs (2 * 255 * 128 > 32767), so x is split into
+ * x = 8 * xh + xl, xh = x >> 3 (arithmetic: -16..15) and xl = x & 7 (0..7), and the 16-bit sums
+ * stay within range:
+ *   - u * xh: pairs at most 2 * 255 * 16 = 8160 in magnitude, summed over 4 loads per lane (at
+ *     most 32640), then vpmaddwd by 8 to int32, twice per block;
+ *   - u * xl: pairs 0..3570, summed over the block's 8 loads per lane (at most 28560), then one
+ *     vpmaddwd.
+ * Every value of w and x, -128 included, is exact; the block's dot product is at most 32 * 128 *
+ * 128 = 2^19 in magnitude, so its conversion to float is exact. x is split for R16_Q8_SPLIT
+ * blocks at a time into a stack array, so that the loop broadcasts its quants from memory (kept
+ * in registers, the compiler spent a shuffle per broadcast). */
+#define R16_Q8_SPLIT 64
+
+static ALWAYS_INLINE void r16_group_q8(const void *gv, const block_q8_0 *x,
+                                       const int32_t *x_start, const float *x_scale,
+                                       size_t n_blocks, int first, float *y) {
+    const block_q8_0_r16 *g = gv;
+    const __m256i bias = _mm256_set1_epi8(-128);
+    const __m256i ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi16(8);
+    int8_t split[R16_Q8_SPLIT][2][LMOE_QK]; /* a block's xh, then its xl */
+    __m256 acc[2];
+    for (int h = 0; h < 2; h++) acc[h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + 8 * h);
+    for (size_t b0 = 0; b0 < n_blocks; b0 += R16_Q8_SPLIT) {
+        size_t nb = n_blocks - b0 < R16_Q8_SPLIT ? n_blocks - b0 : R16_Q8_SPLIT;
+        for (size_t b = 0; b < nb; b++) {
+            /* (x + 128) >> 3 per byte (0..31: a 16-bit shift, the next byte's bits masked off) is
+             * xh + 16 */
+            __m256i xq = _mm256_loadu_si256((const __m256i *)x[b0 + b].qs);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_xor_si256(xq, bias), 3),
+                                          _mm256_set1_epi8(0x1f));
+            _mm256_storeu_si256((__m256i *)split[b][0], _mm256_sub_epi8(hi, _mm256_set1_epi8(16)));
+            _mm256_storeu_si256((__m256i *)split[b][1], _mm256_and_si256(xq, _mm256_set1_epi8(7)));
+        }
+        for (size_t b = 0; b < nb; b++) {
+            const block_q8_0_r16 *blk = &g[b0 + b];
+            r16_prefetch(blk, sizeof *blk);
+            __m256i dot[2], low[2];
+            for (int h = 0; h < 2; h++) {
+                dot[h] = _mm256_set1_epi32(x_start[b0 + b]);
+                low[h] = _mm256_setzero_si256();
+            }
+            for (int k0 = 0; k0 < 8; k0 += 4) {
+                __m256i high[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+                for (int k = k0; k < k0 + 4; k++) {
+                    __m256i x_h = broadcast_4_bytes((const char *)split[b][0] + 4 * k);
+                    __m256i x_l = broadcast_4_bytes((const char *)split[b][1] + 4 * k);
+                    for (int h = 0; h < 2; h++) {
+                        __m256i u = _mm256_xor_si256(
+                            _mm256_loadu_si256((const __m256i *)(blk->qs[k] + 32 * h)), bias);
+                        high[h] = _mm256_add_epi16(high[h], _mm256_maddubs_epi16(u, x_h));
+                        low[h] = _mm256_add_epi16(low[h], _mm256_maddubs_epi16(u, x_l));
+                    }
+                }
+                for (int h = 0; h < 2; h++)
+                    dot[h] = _mm256_add_epi32(dot[h], _mm256_madd_epi16(high[h], eights));
+            }
+            __m256 dx = _mm256_set1_ps(x_scale[b0 + b]);
+            for (int h = 0; h < 2; h++) {
+                __m256i d = _mm256_add_epi32(dot[h], _mm256_madd_epi16(low[h], ones));
+                __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk->d + 8 * h)));
+                /* exact: |d| <= 2^19 */
+                acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(dw, dx), acc[h]);
+            }
+        }
+    }
+    for (int h = 0; h < 2; h++) _mm256_storeu_ps(y + 8 * h, acc[h]);
+}
+
+static void avx2_matvec_q8_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                 size_t row_begin, size_t row_end) {
+    r16_matvec(w, x_q8, y, n_cols, row_begin, row_end, 1, r16_group_q8);
 }
 
 static const lmoe_kernels avx2_table = {
@@ -486,6 +567,7 @@ static const lmoe_kernels avx2_table = {
     .axpy = avx2_axpy,
     .matvec_q8_0 = avx2_matvec_q8_0,
     .matvec_q4_0 = avx2_matvec_q4_0,
+    .matvec_q8_0_r16 = avx2_matvec_q8_0_r16,
     .matvec_q4_0_r16 = avx2_matvec_q4_0_r16,
     .quantize_q8_0 = avx2_quantize_q8_0,
 };

@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "x86_q4_0_r16.h"
+#include "x86_r16.h"
 #include "quant.h"
 
 #if defined(__clang__)
@@ -412,17 +412,19 @@ static void avx512_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t
     q_matvec(w, x_q8, y, n_cols, row_begin, row_end, 1);
 }
 
-/* Q4_0_R16 (quant.h): a 64-byte load is 4 quants of each of a group's 16 rows, lane r = row r,
- * so vpdpbusd with x's 4 quants broadcast leaves every lane holding its own row's dot product:
- * no unpacking across lanes, no reduction, the 16 scales one load. The float part is generic's,
- * so this equals matvec_q4_0 bit for bit. The walk over the groups: x86_q4_0_r16.h. */
-static ALWAYS_INLINE void r16_group(const block_q4_0_r16 *g, const block_q8_0 *x,
-                                    const int32_t *x_start, const float *x_scale, size_t n_blocks,
-                                    int first, float *y) {
+/* The _R16 types (quant.h): a 64-byte load is 4 quants of each of a group's 16 rows, lane r =
+ * row r, so vpdpbusd with x's 4 quants broadcast leaves every lane holding its own row's dot
+ * product: no unpacking across lanes, no reduction, the 16 scales one load. Q4_0_R16's nibbles
+ * and Q8_0_R16's quants biased to w + 128 are the unsigned side; the lanes start at x_start. The
+ * float part is generic's, so these equal matvec_q4_0 / matvec_q8_0 bit for bit. The walk over
+ * the groups: x86_r16.h. */
+static ALWAYS_INLINE void r16_group_q4(const void *gv, const block_q8_0 *x, const int32_t *x_start,
+                                       const float *x_scale, size_t n_blocks, int first, float *y) {
+    const block_q4_0_r16 *g = gv;
     const __m512i low = _mm512_set1_epi8(0x0f);
     __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y);
     for (size_t b = 0; b < n_blocks; b++) {
-        r16_prefetch(&g[b]);
+        r16_prefetch(&g[b], sizeof g[b]);
         /* two chains of dot products (low and high nibbles), to halve the latency per block */
         __m512i dot_lo = _mm512_set1_epi32(x_start[b]), dot_hi = _mm512_setzero_si512();
         for (int k = 0; k < 4; k++) {
@@ -441,9 +443,38 @@ static ALWAYS_INLINE void r16_group(const block_q4_0_r16 *g, const block_q8_0 *x
     _mm512_storeu_ps(y, acc);
 }
 
+static ALWAYS_INLINE void r16_group_q8(const void *gv, const block_q8_0 *x, const int32_t *x_start,
+                                       const float *x_scale, size_t n_blocks, int first, float *y) {
+    const block_q8_0_r16 *g = gv;
+    const __m512i bias = _mm512_set1_epi8(-128);
+    __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y);
+    for (size_t b = 0; b < n_blocks; b++) {
+        r16_prefetch(&g[b], sizeof g[b]);
+        __m512i dot_a = _mm512_set1_epi32(x_start[b]), dot_b = _mm512_setzero_si512();
+        for (int k = 0; k < 8; k += 2) {
+            int32_t xa, xb;
+            memcpy(&xa, x[b].qs + 4 * k, 4);
+            memcpy(&xb, x[b].qs + 4 * k + 4, 4);
+            __m512i qa = _mm512_xor_si512(_mm512_loadu_si512((const void *)g[b].qs[k]), bias);
+            __m512i qb = _mm512_xor_si512(_mm512_loadu_si512((const void *)g[b].qs[k + 1]), bias);
+            dot_a = _mm512_dpbusd_epi32(dot_a, qa, _mm512_set1_epi32(xa));
+            dot_b = _mm512_dpbusd_epi32(dot_b, qb, _mm512_set1_epi32(xb));
+        }
+        __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(dot_a, dot_b)); /* exact: < 2^19 */
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g[b].d));
+        acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(x_scale[b])), acc);
+    }
+    _mm512_storeu_ps(y, acc);
+}
+
+static void avx512_matvec_q8_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                   size_t row_begin, size_t row_end) {
+    r16_matvec(w, x_q8, y, n_cols, row_begin, row_end, 1, r16_group_q8);
+}
+
 static void avx512_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
                                    size_t row_begin, size_t row_end) {
-    r16_matvec(w, x_q8, y, n_cols, row_begin, row_end, r16_group);
+    r16_matvec(w, x_q8, y, n_cols, row_begin, row_end, 0, r16_group_q4);
 }
 
 #else /* no VNNI: the avx2 table's kernels (see above) */
@@ -456,6 +487,11 @@ static void avx512_matvec_q8_0(const void *w, const void *x_q8, float *y, size_t
 static void avx512_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t n_cols,
                                size_t row_begin, size_t row_end) {
     lmoe_kernels_avx2()->matvec_q4_0(w, x_q8, y, n_cols, row_begin, row_end);
+}
+
+static void avx512_matvec_q8_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                   size_t row_begin, size_t row_end) {
+    lmoe_kernels_avx2()->matvec_q8_0_r16(w, x_q8, y, n_cols, row_begin, row_end);
 }
 
 static void avx512_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
@@ -521,12 +557,14 @@ static const lmoe_kernels avx512_table = {
     .axpy = avx512_axpy,
     .matvec_q8_0 = avx512_matvec_q8_0,
     .matvec_q4_0 = avx512_matvec_q4_0,
+    .matvec_q8_0_r16 = avx512_matvec_q8_0_r16,
     .matvec_q4_0_r16 = avx512_matvec_q4_0_r16,
     .quantize_q8_0 = avx512_quantize_q8_0,
     .attention = lmoe_avx512_attention,
 #if defined(LMOE_AVX512_VNNI)
     .gemm_q8_0 = lmoe_avx512vnni_gemm_q8_0,
     .gemm_q4_0 = lmoe_avx512vnni_gemm_q4_0,
+    .gemm_q8_0_r16 = lmoe_avx512vnni_gemm_q8_0_r16,
     .gemm_q4_0_r16 = lmoe_avx512vnni_gemm_q4_0_r16,
     .gemm_x_bytes = lmoe_avx512vnni_gemm_x_bytes,
     .gemm_pack_token = lmoe_avx512vnni_gemm_pack_token,

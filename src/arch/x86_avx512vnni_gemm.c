@@ -1,4 +1,4 @@
-/* x86_avx512vnni_gemm.c - the avx512vnni table's batched Q8_0 / Q4_0 / Q4_0_R16 products
+/* x86_avx512vnni_gemm.c - the avx512vnni table's batched Q8_0 / Q4_0 (and _R16) products
  * (prefill): a weight matrix times many tokens, as an int8 GEMM on vpdpbusd.
  *
  * Built with the avx512vnni table's flags (CMakeLists.txt) and reached only through that table.
@@ -10,8 +10,8 @@
  * token's 4 quants are broadcast from memory, so vpdpbusd leaves every lane holding its own row's
  * running dot product: after the 8 groups of a block, 16 exact block dot products with no
  * reduction. Every weight register then serves GEMM_TOKENS tokens and every broadcast
- * GEMM_GROUPS x 16 rows. (Q4_0_R16 is stored almost as the panel is: its unpacking is two ANDs
- * and a shift per register.)
+ * GEMM_GROUPS x 16 rows. (The _R16 types are stored almost as the panel is: unpacking is an XOR
+ * or two ANDs and a shift per register.)
  *
  * The activations come packed (gemm_pack_token, while the forward pass quantises them): per tile
  * of GEMM_TOKENS tokens and block, their quants, the lanes' start values and their scales side by
@@ -24,7 +24,7 @@
  * to unsigned (w + 128) and Q4_0's nibbles q as they are (0..15); each lane starts at -128 (or -8)
  * times the block's sum of x quants, so it ends at the exact integer dot product, as in the matvec
  * kernels. The float part is generic's, per row and token: sum = fma(dot, d_w * d_x, sum), block
- * after block. So every output equals matvec_q8_0 / matvec_q4_0 / matvec_q4_0_r16 of
+ * after block. So every output equals matvec_q8_0 / matvec_q4_0 (and their _r16 forms) of
  * x86_avx512.c (and generic.c) bit for bit, whatever the number of tokens or rows; test_gemm.c
  * checks it. */
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
@@ -122,25 +122,35 @@ static ALWAYS_INLINE void pack_panel(const char *w, size_t row_bytes, size_t n_r
     }
 }
 
-/* The same from Q4_0_R16 (quant.h), where the panel's layout is already there: qs[k]'s low
- * nibbles are quants 4k..4k+3 of the group's 16 rows (register k), its high nibbles quants
- * 16 + 4k.. (register 4 + k). n_groups of 16 rows, consecutive in w (the matrix's first group
- * of these rows). */
-static ALWAYS_INLINE void pack_panel_r16(const block_q4_0_r16 *w, size_t n_groups,
-                                         size_t n_blocks, uint8_t *panel) {
-    const __m512i low = _mm512_set1_epi8(0x0f);
+/* The same from the _R16 types (quant.h), where the panel's layout is already there: Q8_0_R16's
+ * qs[j] is register j, to be biased to w + 128; Q4_0_R16's qs[k] holds register k in its low
+ * nibbles and register 4 + k in its high ones. n_groups of 16 rows, consecutive in w (the
+ * matrix's first group of these rows). */
+static ALWAYS_INLINE void pack_panel_r16(const void *w, size_t n_groups, size_t n_blocks, int q8,
+                                         uint8_t *panel) {
+    const __m512i low = _mm512_set1_epi8(0x0f), bias = _mm512_set1_epi8(-128);
     for (size_t b = 0; b < n_blocks; b++) {
         uint8_t *out = panel + b * BLOCK_PANEL_BYTES;
         for (size_t g = 0; g < n_groups; g++) {
-            const block_q4_0_r16 *blk = w + g * n_blocks + b;
-            for (int k = 0; k < 4; k++) {
-                __m512i q = _mm512_loadu_si512((const void *)blk->qs[k]);
-                _mm512_store_si512((void *)(out + g * GROUP_QUANT_BYTES + k * 64),
-                                   _mm512_and_si512(q, low));
-                _mm512_store_si512((void *)(out + g * GROUP_QUANT_BYTES + (4 + k) * 64),
-                                   _mm512_and_si512(_mm512_srli_epi16(q, 4), low));
+            uint8_t *q_out = out + g * GROUP_QUANT_BYTES;
+            const uint16_t *d;
+            if (q8) {
+                const block_q8_0_r16 *blk = (const block_q8_0_r16 *)w + g * n_blocks + b;
+                for (int j = 0; j < 8; j++)
+                    _mm512_store_si512((void *)(q_out + j * 64),
+                                       _mm512_xor_si512(_mm512_loadu_si512(blk->qs[j]), bias));
+                d = blk->d;
+            } else {
+                const block_q4_0_r16 *blk = (const block_q4_0_r16 *)w + g * n_blocks + b;
+                for (int k = 0; k < 4; k++) {
+                    __m512i q = _mm512_loadu_si512((const void *)blk->qs[k]);
+                    _mm512_store_si512((void *)(q_out + k * 64), _mm512_and_si512(q, low));
+                    _mm512_store_si512((void *)(q_out + (4 + k) * 64),
+                                       _mm512_and_si512(_mm512_srli_epi16(q, 4), low));
+                }
+                d = blk->d;
             }
-            __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+            __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
             _mm512_store_ps((float *)(out + GEMM_GROUPS * GROUP_QUANT_BYTES + g * 64), dw);
         }
     }
@@ -241,11 +251,12 @@ _Static_assert(GEMM_TOKENS == 6, "gemm's switch has a TILE_CASE for widths 1 to 
             tile(panel, xt + t0 / GEMM_TOKENS * n_blocks, n_blocks, t0, nt, 1, mask, q4, yr, ldy); \
         break;
 
-/* layout: 0 Q8_0, 1 Q4_0, 2 Q4_0_R16 (row_begin and row_end multiples of 16). */
+/* layout: 0 Q8_0, 1 Q4_0, 2 Q4_0_R16, 3 Q8_0_R16 (for the _R16 ones row_begin and row_end are
+ * multiples of 16). */
 static ALWAYS_INLINE void gemm(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch,
                                int layout) {
-    const int q4 = layout != 0;
+    const int q4 = layout == 1 || layout == 2;
     const size_t n_blocks = n_cols / LMOE_QK;
     const size_t row_bytes = n_blocks * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
     uint8_t *panel = scratch;
@@ -256,9 +267,9 @@ static ALWAYS_INLINE void gemm(const void *w, const lmoe_q8_batch *x, float *y, 
         size_t n_groups = (n_rows + GROUP_ROWS - 1) / GROUP_ROWS;
         size_t last_rows = n_rows - (n_groups - 1) * GROUP_ROWS;
         __mmask16 mask = (__mmask16)((1u << last_rows) - 1);
-        if (layout == 2) /* a group's bytes are 16 rows' worth of Q4_0's */
-            pack_panel_r16((const block_q4_0_r16 *)((const char *)w + r0 * row_bytes), n_groups,
-                           n_blocks, panel);
+        if (layout >= 2) /* a group's bytes are 16 rows' worth of Q4_0's / Q8_0's */
+            pack_panel_r16((const char *)w + r0 * row_bytes, n_groups, n_blocks, layout == 3,
+                           panel);
         else
             pack_panel((const char *)w + r0 * row_bytes, row_bytes, n_rows, n_blocks, q4, panel);
         float *yr = y + r0;
@@ -284,6 +295,12 @@ void lmoe_avx512vnni_gemm_q8_0(const void *w, const lmoe_q8_batch *x, float *y, 
 void lmoe_avx512vnni_gemm_q4_0(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
                                size_t n_cols, size_t row_begin, size_t row_end, void *scratch) {
     gemm(w, x, y, ldy, n_cols, row_begin, row_end, scratch, 1);
+}
+
+void lmoe_avx512vnni_gemm_q8_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,
+                                   size_t n_cols, size_t row_begin, size_t row_end,
+                                   void *scratch) {
+    gemm(w, x, y, ldy, n_cols, row_begin, row_end, scratch, 3);
 }
 
 void lmoe_avx512vnni_gemm_q4_0_r16(const void *w, const lmoe_q8_batch *x, float *y, size_t ldy,

@@ -45,7 +45,7 @@ static ffn_role role_of(gguf_str name) {
 }
 
 static bool is_block_type(ggml_type t) {
-    return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == LMOE_TYPE_Q4_0_R16;
+    return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || ggml_type_is_r16(t);
 }
 
 static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, uint64_t n_ff_out,
@@ -62,8 +62,9 @@ static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, u
         o->type = GGML_TYPE_F32;
     else if (is_block_type(target) && o->ne[0] % LMOE_QK != 0)
         o->type = GGML_TYPE_F16;
-    else if (target == LMOE_TYPE_Q4_0_R16 && o->ne[1] % LMOE_R16_ROWS != 0)
-        o->type = GGML_TYPE_Q4_0; /* not whole groups of rows: the same values, not interleaved */
+    else if (ggml_type_is_r16(target) && o->ne[1] % LMOE_R16_ROWS != 0)
+        /* not whole groups of rows: the same values, not interleaved */
+        o->type = target == LMOE_TYPE_Q4_0_R16 ? GGML_TYPE_Q4_0 : GGML_TYPE_Q8_0;
     else
         o->type = target;
 }
@@ -82,7 +83,7 @@ static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
     RETURN_ERROR_IF(out_row_bytes * rows_per_matrix * matrices != n_bytes, LMOE_ERR_INTERNAL,
                     "quantize: size mismatch");
     /* rows converted together: a Q4_0_R16 group, else one */
-    size_t batch = o->type == LMOE_TYPE_Q4_0_R16 ? LMOE_R16_ROWS : 1;
+    size_t batch = ggml_type_is_r16(o->type) ? LMOE_R16_ROWS : 1;
     size_t width = out_cols > in_cols ? out_cols : in_cols;
     float *rows = calloc(batch * width, sizeof(float));
     RETURN_ERROR_IF(!rows, LMOE_ERR_OUT_OF_MEMORY, "quantize: out of memory");
@@ -94,8 +95,8 @@ static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
                 if (r < o->src->ne[1])
                     source_row(o->src, m * o->src->ne[1] + r, rows + (r - r0) * out_cols);
             char *out = (char *)dst + (m * rows_per_matrix + r0) * out_row_bytes;
-            if (o->type == LMOE_TYPE_Q4_0_R16)
-                lmoe_quantize_rows_q4_0_r16(rows, (block_q4_0_r16 *)out, out_cols);
+            if (ggml_type_is_r16(o->type))
+                lmoe_quantize_rows_r16(o->type, rows, out, out_cols);
             else
                 lmoe_row_from_f32(o->type, rows, out, out_cols);
         }
@@ -135,10 +136,10 @@ static lmoe_status read_n_ff(const gguf_file *f, char *key, size_t key_size, uin
 static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
                                  const quantize_options *o, out_tensor **plan, gguf_writer **w) {
     RETURN_ERROR_IF(o->type != GGML_TYPE_Q8_0 && o->type != GGML_TYPE_Q4_0 &&
-                        o->type != LMOE_TYPE_Q4_0_R16 && o->type != GGML_TYPE_F16 &&
+                        !ggml_type_is_r16(o->type) && o->type != GGML_TYPE_F16 &&
                         o->type != GGML_TYPE_BF16 && o->type != GGML_TYPE_F32,
                     LMOE_ERR_INVALID_ARGUMENT,
-                    "quantize: --type must be q8_0, q4_0, q4_0_r16, bf16 or f16");
+                    "quantize: --type must be q8_0, q4_0, q8_0_r16, q4_0_r16, bf16 or f16");
     char ff_key[128];
     uint32_t n_ff;
     FORWARD_IF_ERROR(read_n_ff(f, ff_key, sizeof ff_key, &n_ff));
@@ -175,7 +176,9 @@ static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
     report(o, "%llu tensors: %.1f MB -> %.1f MB (%s for the weight matrices%s)",
            (unsigned long long)f->n_tensors, (double)bytes_in / 1e6, (double)bytes_out / 1e6,
            ggml_type_name(o->type),
-           o->type == LMOE_TYPE_Q4_0_R16 ? "; q4_0 where rows are not whole groups of 16" : "");
+           o->type == LMOE_TYPE_Q4_0_R16   ? "; q4_0 where rows are not whole groups of 16"
+           : o->type == LMOE_TYPE_Q8_0_R16 ? "; q8_0 where rows are not whole groups of 16"
+                                           : "");
     gguf_writer_set_progress(*w, on_written, (void *)o);
     return gguf_writer_write(*w, out_path);
 }

@@ -1,7 +1,7 @@
-/* quantize.h - rewriting a GGUF model's weight matrices in another type (q8_0, q4_0, q4_0_r16,
- * bf16, f16). q4_0_r16 is Q4_0 with 16 rows interleaved (quant.h), the fastest layout for the
- * x86 AVX-512 VNNI kernels; a matrix whose row count is not a multiple of 16 is written as
- * plain q4_0 (the same values).
+/* quantize.h - rewriting a GGUF model's weight matrices in another type (q8_0, q4_0, q8_0_r16,
+ * q4_0_r16, bf16, f16). The _r16 types are Q8_0 / Q4_0 with 16 rows interleaved (quant.h), the
+ * layout the SIMD kernels read fastest; a matrix whose row count is not a multiple of 16 is
+ * written as plain q8_0 / q4_0 (the same values).
  *
  * Norms, the MoE gate matrices and every 1-D tensor stay f32: they are a tiny share of the bytes
  * and the routing decisions depend on them. Block types need rows that are whole 32-element
@@ -17,7 +17,7 @@
 #include "llamamoe.h"
 
 typedef struct quantize_options {
-    ggml_type type;          /* q8_0, q4_0, q4_0_r16, bf16 or f16 */
+    ggml_type type;          /* q8_0, q4_0, q8_0_r16, q4_0_r16, bf16 or f16 */
     void (*progress)(void *user, const char *line); /* optional, for stderr */
     void *user;
 } quantize_options;
