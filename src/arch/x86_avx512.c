@@ -418,6 +418,15 @@ static void avx512_matvec_q4_0(const void *w, const void *x_q8, float *y, size_t
  * and Q8_0_R16's quants biased to w + 128 are the unsigned side; the lanes start at x_start. The
  * float part is generic's, so these equal matvec_q4_0 / matvec_q8_0 bit for bit. The walk over
  * the groups: x86_r16.h. */
+/* 64 bytes as two 32-byte loads: an _R16 block is 288 or 544 bytes, so every other one sits 32
+ * bytes off a cache line, where one 64-byte load would be split over two lines, and none of
+ * the 32-byte halves is. */
+static ALWAYS_INLINE __m512i load_64_halves(const void *p) {
+    __m256i lo = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+                              _mm256_loadu_si256((const __m256i *)((const char *)p + 32)), 1);
+}
+
 static ALWAYS_INLINE void r16_group_q4(const void *gv, const block_q8_0 *x, const int32_t *x_start,
                                        const float *x_scale, size_t n_blocks, int first, float *y) {
     const block_q4_0_r16 *g = gv;
@@ -428,7 +437,7 @@ static ALWAYS_INLINE void r16_group_q4(const void *gv, const block_q8_0 *x, cons
         /* two chains of dot products (low and high nibbles), to halve the latency per block */
         __m512i dot_lo = _mm512_set1_epi32(x_start[b]), dot_hi = _mm512_setzero_si512();
         for (int k = 0; k < 4; k++) {
-            __m512i q = _mm512_loadu_si512((const void *)g[b].qs[k]);
+            __m512i q = load_64_halves(g[b].qs[k]);
             int32_t x_lo, x_hi;
             memcpy(&x_lo, x[b].qs + 4 * k, 4);
             memcpy(&x_hi, x[b].qs + 16 + 4 * k, 4);
@@ -455,8 +464,8 @@ static ALWAYS_INLINE void r16_group_q8(const void *gv, const block_q8_0 *x, cons
             int32_t xa, xb;
             memcpy(&xa, x[b].qs + 4 * k, 4);
             memcpy(&xb, x[b].qs + 4 * k + 4, 4);
-            __m512i qa = _mm512_xor_si512(_mm512_loadu_si512((const void *)g[b].qs[k]), bias);
-            __m512i qb = _mm512_xor_si512(_mm512_loadu_si512((const void *)g[b].qs[k + 1]), bias);
+            __m512i qa = _mm512_xor_si512(load_64_halves(g[b].qs[k]), bias);
+            __m512i qb = _mm512_xor_si512(load_64_halves(g[b].qs[k + 1]), bias);
             dot_a = _mm512_dpbusd_epi32(dot_a, qa, _mm512_set1_epi32(xa));
             dot_b = _mm512_dpbusd_epi32(dot_b, qb, _mm512_set1_epi32(xb));
         }
