@@ -88,7 +88,36 @@ static void route(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x,
     }
 }
 
-/* Gathers the tokens that selected expert e into expert_in; returns how many. */
+/* Below this many gathered tokens an expert's row-wise steps (gathering its input rows, SwiGLU,
+ * the scatter-add) run on the calling thread: a region costs more. */
+#define ROWS_PARALLEL_MIN 16u
+
+typedef struct rows_job {
+    lmoe_context *ctx;
+    const float *x;          /* gather: the batch's rows (n, n_embd) */
+    float *out;              /* scatter: the batch's output rows (n, n_embd) */
+} rows_job;
+
+/* Runs fn over m gathered rows, on the pool when there are enough of them. */
+static void for_rows(lmoe_context *ctx, uint32_t m, lmoe_parallel_fn fn, rows_job *job) {
+    if (m >= ROWS_PARALLEL_MIN)
+        threadpool_parallel_for(ctx->pool, m, 0, fn, job);
+    else
+        fn(job, 0, m, 0);
+}
+
+/* Gathered rows [begin, end): their tokens' rows of x copied into expert_in. */
+static void gather_rows(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const rows_job *job = arg;
+    forward_state *s = &job->ctx->state;
+    size_t dim = job->ctx->model->hp.n_embd;
+    for (size_t i = begin; i < end; i++)
+        memcpy(s->expert_in + i * dim, job->x + (size_t)s->group[i] * dim, dim * sizeof(float));
+}
+
+/* Lists the tokens that selected expert e (group, group_weights) and gathers their rows of x
+ * into expert_in; returns how many. */
 static uint32_t gather(lmoe_context *ctx, uint32_t e, const float *x, uint32_t n) {
     const llama_hparams *hp = &ctx->model->hp;
     forward_state *s = &ctx->state;
@@ -96,14 +125,24 @@ static uint32_t gather(lmoe_context *ctx, uint32_t e, const float *x, uint32_t n
     for (uint32_t t = 0; t < n; t++) {
         for (uint32_t i = 0; i < k; i++) {
             if (s->selected[t * k + i] != (int32_t)e) continue;
-            memcpy(s->expert_in + (size_t)m * hp->n_embd, x + (size_t)t * hp->n_embd,
-                   hp->n_embd * sizeof(float));
             s->group[m] = t;
             s->group_weights[m] = s->selected_weights[t * k + i];
             m++;
         }
     }
+    rows_job job = {ctx, x, NULL};
+    for_rows(ctx, m, gather_rows, &job);
     return m;
+}
+
+/* Gathered rows [begin, end): hb = silu(hb) * hb2. */
+static void swiglu_rows(void *arg, size_t begin, size_t end, int thread_id) {
+    (void)thread_id;
+    const rows_job *job = arg;
+    forward_state *s = &job->ctx->state;
+    size_t n_ff = job->ctx->model->hp.n_ff;
+    for (size_t i = begin; i < end; i++)
+        job->ctx->kernels->swiglu(s->hb + i * n_ff, s->hb + i * n_ff, s->hb2 + i * n_ff, n_ff);
 }
 
 /* expert_out (m, n_embd) = down_e(silu(gate_e x) * (up_e x)) for the m gathered tokens. */
@@ -116,8 +155,8 @@ static void run_expert(lmoe_context *ctx, const layer_weights *l, uint32_t e, ui
     forward_matmul_same_input(ctx, weight_rows(l->up_exps, e * n_ff, dim), s->expert_in, dim,
                               s->hb2, n_ff,
                    m, n_ff, dim);
-    for (uint32_t i = 0; i < m; i++)
-        ctx->kernels->swiglu(s->hb + i * n_ff, s->hb + i * n_ff, s->hb2 + i * n_ff, n_ff);
+    rows_job job = {ctx, NULL, NULL};
+    for_rows(ctx, m, swiglu_rows, &job);
     forward_matmul(ctx, weight_rows(l->down_exps, e * dim, n_ff), s->hb, n_ff, s->expert_out, dim,
                    m, dim, n_ff);
 }
@@ -216,18 +255,11 @@ static void decode_experts(lmoe_context *ctx, uint32_t il, const float *x, float
     for (uint32_t slot = 0; slot < job.k; slot++) counts[job.experts[slot]]++;
 }
 
-/* Below this many gathered tokens an expert's scatter-add runs on the calling thread. */
-#define SCATTER_PARALLEL_MIN 16u
-
-typedef struct scatter_job {
-    lmoe_context *ctx;
-    float *out;              /* (n_tokens, n_embd) */
-} scatter_job;
-
-/* Gathered rows [begin, end) of expert_out, weighted, added to their tokens' rows of out. */
+/* Gathered rows [begin, end) of expert_out, weighted, added to their tokens' rows of out (a
+ * token is in an expert's group at most once, so the rows are distinct). */
 static void scatter_rows(void *arg, size_t begin, size_t end, int thread_id) {
     (void)thread_id;
-    const scatter_job *job = arg;
+    const rows_job *job = arg;
     forward_state *s = &job->ctx->state;
     size_t dim = job->ctx->model->hp.n_embd;
     for (size_t i = begin; i < end; i++)
@@ -251,13 +283,9 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
         uint32_t m = gather(ctx, e, x, n);
         if (m == 0) continue;
         run_expert(ctx, l, e, m);
-        /* scatter-add: each token's out gains weight * this expert's output (a token is in an
-         * expert's group at most once, so the rows are distinct and can go to the pool) */
-        scatter_job job = {ctx, out};
-        if (m >= SCATTER_PARALLEL_MIN)
-            threadpool_parallel_for(ctx->pool, m, 0, scatter_rows, &job);
-        else
-            scatter_rows(&job, 0, m, 0);
+        /* scatter-add: each token's out gains weight * this expert's output */
+        rows_job job = {ctx, NULL, out};
+        for_rows(ctx, m, scatter_rows, &job);
         counts[e] += m;
     }
 }
