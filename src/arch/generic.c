@@ -52,6 +52,21 @@ static void generic_matvec_bf16(const uint16_t *w, const float *x, float *y, siz
  * of two f16 scales is exact in f32, and |dot| <= 2^19 converts exactly, so this is the one
  * float operation order every table reproduces; the fused add lets the batched kernels spend one
  * operation less per block (an exact-order contract, not a precision one). */
+static float add_block_q8_0(float sum, const block_q8_0 *w, const block_q8_0 *x) {
+    int32_t dot = 0;
+    for (int j = 0; j < LMOE_QK; j++) dot += (int32_t)w->qs[j] * x->qs[j];
+    return fmaf((float)dot, lmoe_f16_to_f32(w->d) * lmoe_f16_to_f32(x->d), sum);
+}
+
+static float add_block_q4_0(float sum, const block_q4_0 *w, const block_q8_0 *x) {
+    int32_t dot = 0;
+    for (int j = 0; j < LMOE_QK / 2; j++) {
+        dot += ((w->qs[j] & 0x0f) - 8) * x->qs[j];
+        dot += ((w->qs[j] >> 4) - 8) * x->qs[j + LMOE_QK / 2];
+    }
+    return fmaf((float)dot, lmoe_f16_to_f32(w->d) * lmoe_f16_to_f32(x->d), sum);
+}
+
 static void generic_matvec_q8_0(const void *w, const void *x_q8, float *y, size_t n_cols,
                                 size_t row_begin, size_t row_end) {
     size_t n_blocks = n_cols / LMOE_QK;
@@ -59,11 +74,7 @@ static void generic_matvec_q8_0(const void *w, const void *x_q8, float *y, size_
     for (size_t r = row_begin; r < row_end; r++) {
         const block_q8_0 *row = (const block_q8_0 *)w + r * n_blocks;
         float sum = 0.0f;
-        for (size_t b = 0; b < n_blocks; b++) {
-            int32_t dot = 0;
-            for (int j = 0; j < LMOE_QK; j++) dot += (int32_t)row[b].qs[j] * x[b].qs[j];
-            sum = fmaf((float)dot, lmoe_f16_to_f32(row[b].d) * lmoe_f16_to_f32(x[b].d), sum);
-        }
+        for (size_t b = 0; b < n_blocks; b++) sum = add_block_q8_0(sum, &row[b], &x[b]);
         y[r] = sum;
     }
 }
@@ -75,57 +86,40 @@ static void generic_matvec_q4_0(const void *w, const void *x_q8, float *y, size_
     for (size_t r = row_begin; r < row_end; r++) {
         const block_q4_0 *row = (const block_q4_0 *)w + r * n_blocks;
         float sum = 0.0f;
-        for (size_t b = 0; b < n_blocks; b++) {
-            int32_t dot = 0;
-            for (int j = 0; j < LMOE_QK / 2; j++) {
-                dot += ((row[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
-                dot += ((row[b].qs[j] >> 4) - 8) * x[b].qs[j + LMOE_QK / 2];
-            }
-            sum = fmaf((float)dot, lmoe_f16_to_f32(row[b].d) * lmoe_f16_to_f32(x[b].d), sum);
-        }
+        for (size_t b = 0; b < n_blocks; b++) sum = add_block_q4_0(sum, &row[b], &x[b]);
         y[r] = sum;
     }
 }
 
-/* The same arithmetic as generic_matvec_q4_0, row by row, reading each row's nibbles and scale
- * out of its group. */
-static void generic_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
-                                    size_t row_begin, size_t row_end) {
-    size_t n_blocks = n_cols / LMOE_QK;
-    const block_q8_0 *x = x_q8;
-    for (size_t r = row_begin; r < row_end; r++) {
-        const block_q4_0_r16 *group = (const block_q4_0_r16 *)w + r / LMOE_R16_ROWS * n_blocks;
-        size_t lane = 4 * (r % LMOE_R16_ROWS);
-        float sum = 0.0f;
-        for (size_t b = 0; b < n_blocks; b++) {
-            int32_t dot = 0;
-            for (int j = 0; j < LMOE_QK / 2; j++) {
-                uint8_t q = group[b].qs[j / 4][lane + j % 4];
-                dot += ((q & 0x0f) - 8) * x[b].qs[j];
-                dot += ((q >> 4) - 8) * x[b].qs[j + LMOE_QK / 2];
-            }
-            float d_w = lmoe_f16_to_f32(group[b].d[r % LMOE_R16_ROWS]);
-            sum = fmaf((float)dot, d_w * lmoe_f16_to_f32(x[b].d), sum);
-        }
-        y[r] = sum;
-    }
-}
-
-/* The same as generic_matvec_q8_0, reading each row's quants and scale out of its group. */
+/* The _R16 types: each block of a row taken out of its group (quant.c) and added as the plain
+ * type's is, so these are generic_matvec_q8_0 / _q4_0 of the same rows by construction. */
 static void generic_matvec_q8_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
                                     size_t row_begin, size_t row_end) {
     size_t n_blocks = n_cols / LMOE_QK;
     const block_q8_0 *x = x_q8;
     for (size_t r = row_begin; r < row_end; r++) {
         const block_q8_0_r16 *group = (const block_q8_0_r16 *)w + r / LMOE_R16_ROWS * n_blocks;
-        size_t lane = 4 * (r % LMOE_R16_ROWS);
         float sum = 0.0f;
         for (size_t b = 0; b < n_blocks; b++) {
-            int32_t dot = 0;
-            for (int j = 0; j < LMOE_QK; j++)
-                dot += (int32_t)group[b].qs[j / 4][lane + j % 4] * x[b].qs[j];
-            float d_w = lmoe_f16_to_f32(group[b].d[r % LMOE_R16_ROWS]);
-            sum = fmaf((float)dot, d_w * lmoe_f16_to_f32(x[b].d), sum);
+            block_q8_0 blk;
+            lmoe_r16_row_to_q8_0(&group[b], r % LMOE_R16_ROWS, 1, &blk);
+            sum = add_block_q8_0(sum, &blk, &x[b]);
+        }
+        y[r] = sum;
+    }
+}
+
+static void generic_matvec_q4_0_r16(const void *w, const void *x_q8, float *y, size_t n_cols,
+                                    size_t row_begin, size_t row_end) {
+    size_t n_blocks = n_cols / LMOE_QK;
+    const block_q8_0 *x = x_q8;
+    for (size_t r = row_begin; r < row_end; r++) {
+        const block_q4_0_r16 *group = (const block_q4_0_r16 *)w + r / LMOE_R16_ROWS * n_blocks;
+        float sum = 0.0f;
+        for (size_t b = 0; b < n_blocks; b++) {
+            block_q4_0 blk;
+            lmoe_r16_row_to_q4_0(&group[b], r % LMOE_R16_ROWS, 1, &blk);
+            sum = add_block_q4_0(sum, &blk, &x[b]);
         }
         y[r] = sum;
     }

@@ -36,6 +36,7 @@
 
 #include "kernels.h"
 #include "quant.h"
+#include "x86_r16.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -175,15 +176,8 @@ void lmoe_avx512vnni_gemm_pack_token(const block_q8_0 *x, size_t token, size_t n
     tile_x *tiles = (tile_x *)packed + token / GEMM_TOKENS * n_blocks;
     size_t slot = token % GEMM_TOKENS;
     for (size_t b = 0; b < n_blocks; b++) {
-        __m256i q = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        _mm256_storeu_si256((__m256i *)tiles[b].qs[slot], q);
-        /* the sum of the 32 quants: 1 x q in pairs, then pairs of those, then across lanes */
-        __m256i s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
-                                       _mm256_set1_epi16(1));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
-        int32_t sum = _mm_cvtsi128_si32(s4);
+        memcpy(tiles[b].qs[slot], x[b].qs, LMOE_QK);
+        int32_t sum = x86_quant_sum(x[b].qs, 1);
         tiles[b].start[0][slot] = -128 * sum;
         tiles[b].start[1][slot] = -8 * sum;
         tiles[b].scale[slot] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x[b].d)));

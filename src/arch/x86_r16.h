@@ -25,6 +25,19 @@
  * with 2 threads ran at 10.0-10.6 tokens/s, with it 12.2-12.8 (2048: 11.8-12.0, 4096: 11.7). */
 #define R16_PREFETCH_BYTES 3072
 
+/* mul (1 to 128) times the sum of the 32 quants at qs, exactly: vpmaddubsw's pairs of
+ * mul * quant are at most 2 * 128 * 128 in magnitude (no saturation), then int32 sums of 4, then
+ * across the lanes. */
+static inline __attribute__((always_inline)) int32_t x86_quant_sum(const int8_t *qs, int mul) {
+    __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)mul), q),
+                                   _mm256_set1_epi16(1));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s4);
+}
+
 /* Prefetches the `bytes` bytes R16_PREFETCH_BYTES past the block at blk (addresses past the
  * matrix are harmless: a prefetch never faults). */
 static inline __attribute__((always_inline)) void r16_prefetch(const void *blk, size_t bytes) {
@@ -50,16 +63,7 @@ static inline __attribute__((always_inline)) void r16_matvec(const void *w, cons
     for (size_t b0 = 0; b0 < n_blocks; b0 += R16_X_BLOCKS) {
         size_t nb = n_blocks - b0 < R16_X_BLOCKS ? n_blocks - b0 : R16_X_BLOCKS;
         for (size_t b = 0; b < nb; b++) {
-            /* bias * (x quant pairs) (at most 2 * 128 * 128 in magnitude: no saturation), as
-             * int32 sums of 4, then across the lanes */
-            __m256i q = _mm256_loadu_si256((const __m256i *)x[b0 + b].qs);
-            __m256i s8 = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_set1_epi8((char)(q8 ? 128 : 8)), q),
-                _mm256_set1_epi16(1));
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
-            x_start[b] = -_mm_cvtsi128_si32(s4);
+            x_start[b] = -x86_quant_sum(x[b0 + b].qs, q8 ? 128 : 8);
             x_scale[b] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x[b0 + b].d)));
         }
         for (size_t r = row_begin; r < row_end; r += LMOE_R16_ROWS) {
