@@ -27,13 +27,13 @@ typedef struct forward_state {
     float *xb;           /* (B, n_embd) normed input / attention output */
     float *xb2;          /* (B, n_embd) projection / FFN output */
     float *q;            /* (B, n_embd) queries of all heads */
-    float *hb;           /* (B, n_ff) FFN gate activations, then silu(gate) * up */
-    float *hb2;          /* (B, n_ff) FFN up activations */
+    float *hb;           /* (B, max(n_ff, n_ff_shexp)) FFN gate activations, then silu(gate) * up */
+    float *hb2;          /* (B, max(n_ff, n_ff_shexp)) FFN up activations */
     float *att;          /* (n_threads, att_stride) attention scores, each thread's own */
     size_t att_stride;   /* LMOE_ATTENTION_BLOCK x n_ctx */
     float *logits;       /* (n_vocab) of the batch's last token */
     float *rope;         /* (B, head_dim) cos and sin of each token's RoPE angles */
-    block_q8_0 *x_q8;    /* (max(B, 32), max(n_embd, n_ff) / 32) activations quantised for Q8_0 /
+    block_q8_0 *x_q8;    /* (max(B, 32), max(n_embd, n_ff, n_ff_shexp) / 32) activations quantised for Q8_0 /
                             Q4_0 weights */
     void *x_packed;      /* a batch of x_q8 packed for the table's batched kernels (NULL without
                             them) */
@@ -54,6 +54,12 @@ typedef struct forward_state {
     float *group_weights; /* (B) its combine weight */
 } forward_state;
 
+/* What the construction tools see of a dense model's FFNs on calibration text (not public API):
+ * layer il's normed inputs x (n_tokens, n_embd) and SwiGLU activations h (n_tokens, n_ff),
+ * before the down projection. Only dense models report. */
+typedef void (*forward_ffn_observer)(void *user, uint32_t il, const float *x, const float *h,
+                                     uint32_t n_tokens);
+
 struct lmoe_context {
     const lmoe_model *model;
     uint32_t n_ctx;      /* KV cache capacity in tokens */
@@ -69,6 +75,8 @@ struct lmoe_context {
     void *routing_user;
     uint64_t *expert_counts;         /* (n_layer, n_expert) selections since the last reset */
     uint64_t *expert_counts_pending; /* (n_layer, n_expert) of the eval in progress */
+    forward_ffn_observer ffn_observer;  /* NULL unless a tool set it */
+    void *ffn_observer_user;
 };
 
 /* forward.c */

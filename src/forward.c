@@ -46,14 +46,15 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, const 
     s->xb = alloc_rows(B, hp->n_embd, &ok);
     s->xb2 = alloc_rows(B, hp->n_embd, &ok);
     s->q = alloc_rows(B, hp->n_embd, &ok);
-    s->hb = alloc_rows(B, hp->n_ff, &ok);
-    s->hb2 = alloc_rows(B, hp->n_ff, &ok);
+    size_t ff = hp->n_ff > hp->n_ff_shexp ? hp->n_ff : hp->n_ff_shexp; /* widest FFN */
+    s->hb = alloc_rows(B, ff, &ok);
+    s->hb2 = alloc_rows(B, ff, &ok);
     s->att_stride = (size_t)LMOE_ATTENTION_BLOCK * n_ctx;
     s->att = alloc_rows((size_t)n_threads, s->att_stride, &ok);
     s->logits = alloc_rows(1, hp->n_vocab, &ok);
     s->rope = alloc_rows(B, hp->head_dim, &ok);
     /* quantised activations: a batch's rows, or the decode path's per-expert hidden vectors */
-    size_t max_cols = hp->n_embd > hp->n_ff ? hp->n_embd : hp->n_ff;
+    size_t max_cols = hp->n_embd > ff ? hp->n_embd : ff;
     size_t q8_blocks = (B > 32 ? B : 32) * (max_cols / LMOE_QK + 1);
     s->x_q8 = calloc(q8_blocks, sizeof(block_q8_0));
     ok = ok && s->x_q8;
@@ -419,16 +420,19 @@ static void residual_and_norm(lmoe_context *ctx, uint32_t n, const float *add, c
         token_rows(&job, 0, n, 0);
 }
 
-/* Dense FFN of the batch: xb2 = w2(silu(w1 xb) * (w3 xb)). */
-static void dense_ffn(lmoe_context *ctx, const layer_weights *l, uint32_t n) {
-    const llama_hparams *hp = &ctx->model->hp;
+/* A SwiGLU FFN n_ff wide on the batch's normed rows: out = down(silu(gate xb) * (up xb)). The
+ * dense FFN of a layer, or the shared expert of an MoE layer. */
+static void swiglu_ffn(lmoe_context *ctx, uint32_t il, weight_ref gate, weight_ref up,
+                       weight_ref down, size_t n_ff, uint32_t n, float *out) {
     forward_state *s = &ctx->state;
-    size_t dim = hp->n_embd, n_ff = hp->n_ff;
-    forward_matmul(ctx, l->ffn_gate, s->xb, dim, s->hb, n_ff, n, n_ff, dim);
-    forward_matmul_same_input(ctx, l->ffn_up, s->xb, dim, s->hb2, n_ff, n, n_ff, dim);
+    size_t dim = ctx->model->hp.n_embd;
+    forward_matmul(ctx, gate, s->xb, dim, s->hb, n_ff, n, n_ff, dim);
+    forward_matmul_same_input(ctx, up, s->xb, dim, s->hb2, n_ff, n, n_ff, dim);
     for (uint32_t t = 0; t < n; t++)
         ctx->kernels->swiglu(s->hb + t * n_ff, s->hb + t * n_ff, s->hb2 + t * n_ff, n_ff);
-    forward_matmul(ctx, l->ffn_down, s->hb, n_ff, s->xb2, dim, n, dim, n_ff);
+    if (ctx->ffn_observer && !ctx->model->hp.n_expert)
+        ctx->ffn_observer(ctx->ffn_observer_user, il, s->xb, s->hb, n);
+    forward_matmul(ctx, down, s->hb, n_ff, out, dim, n, dim, n_ff);
 }
 
 lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t n,
@@ -471,11 +475,20 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
         forward_matmul(ctx, l->wo, s->xb, dim, s->xb2, dim, n, dim, dim);
         residual_and_norm(ctx, n, s->xb2, l->ffn_norm);
 
-        /* FFN on the normed residual: dense, or the experts the gate selects (moe.c); residual */
-        if (hp->n_expert)
+        /* FFN on the normed residual: dense, or the experts the gate selects (moe.c) plus the
+         * shared expert if there is one; residual */
+        if (hp->n_expert) {
             moe_ffn(ctx, il, pos0, s->xb, s->xb2, n);
-        else
-            dense_ffn(ctx, l, n);
+            if (hp->n_ff_shexp) {
+                /* expert_out is free once moe_ffn returns */
+                swiglu_ffn(ctx, il, l->gate_shexp, l->up_shexp, l->down_shexp, hp->n_ff_shexp, n,
+                           s->expert_out);
+                for (uint32_t t = 0; t < n; t++)
+                    k->axpy(s->xb2 + t * dim, 1.0f, s->expert_out + t * dim, dim);
+            }
+        } else {
+            swiglu_ffn(ctx, il, l->ffn_gate, l->ffn_up, l->ffn_down, hp->n_ff, n, s->xb2);
+        }
         residual_and_norm(ctx, n, s->xb2, NULL);
     }
 

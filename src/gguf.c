@@ -692,6 +692,10 @@ lmoe_status gguf_writer_set_u32(gguf_writer *w, const char *key, uint32_t value)
     return add_scalar(w, key, GGUF_TYPE_UINT32, &value, 4);
 }
 
+lmoe_status gguf_writer_set_u64(gguf_writer *w, const char *key, uint64_t value) {
+    return add_scalar(w, key, GGUF_TYPE_UINT64, &value, 8);
+}
+
 lmoe_status gguf_writer_set_i32(gguf_writer *w, const char *key, int32_t value) {
     return add_scalar(w, key, GGUF_TYPE_INT32, &value, 4);
 }
@@ -787,6 +791,10 @@ lmoe_status gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv) {
     char key[GGUF_MAX_KEY_LEN + 1];
     memcpy(key, kv->key.ptr, (size_t)kv->key.len);
     key[kv->key.len] = 0;
+    return gguf_writer_copy_kv_as(w, key, kv);
+}
+
+lmoe_status gguf_writer_copy_kv_as(gguf_writer *w, const char *key, const gguf_kv *kv) {
     /* arrays: the element type and count precede the first element */
     const uint8_t *start = kv->type == GGUF_TYPE_ARRAY ? kv->data - 12 : kv->data;
     size_t size = (size_t)(kv->data - start) + values_size(kv->elem_type, kv->data, kv->n_elems);

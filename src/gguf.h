@@ -142,6 +142,7 @@ void gguf_writer_free(gguf_writer *w);
 /* Keys are copied. Values are copied, except tensor data: that pointer must stay valid until
  * gguf_writer_write returns. Adding a key or tensor name twice is an error. */
 lmoe_status gguf_writer_set_u32(gguf_writer *w, const char *key, uint32_t value);
+lmoe_status gguf_writer_set_u64(gguf_writer *w, const char *key, uint64_t value);
 lmoe_status gguf_writer_set_i32(gguf_writer *w, const char *key, int32_t value);
 lmoe_status gguf_writer_set_f32(gguf_writer *w, const char *key, float value);
 lmoe_status gguf_writer_set_bool(gguf_writer *w, const char *key, bool value);
@@ -154,6 +155,8 @@ lmoe_status gguf_writer_set_str_array(gguf_writer *w, const char *key, const cha
                                       const uint32_t *lens, uint64_t n);
 /* Copies a key and its value as read from another file. */
 lmoe_status gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv);
+/* The same under another key (a renamed architecture prefix). */
+lmoe_status gguf_writer_copy_kv_as(gguf_writer *w, const char *key, const gguf_kv *kv);
 lmoe_status gguf_writer_add_tensor(gguf_writer *w, const char *name, ggml_type type,
                                    uint32_t n_dims, const uint64_t *ne, const void *data);
 /* A tensor whose bytes are produced at write time (conversions of large checkpoints never hold

@@ -62,6 +62,8 @@ static lmoe_status read_expert_hparams(const gguf_file *f, const char *arch, lla
                     hp->n_expert_used, hp->n_expert);
     hp->gating = is_llama_moe ? MOE_GATING_SOFTMAX_SELECTED : MOE_GATING_SOFTMAX_RENORM;
     hp->gate_kind = MOE_GATE_LINEAR;
+    FORWARD_IF_ERROR(get_arch_u32(f, arch, "expert_shared_feed_forward_length", MAX_DIM, false,
+                                  &hp->n_ff_shexp));
     if (!is_llama_moe) return LMOE_OK;
     snprintf(key, sizeof key, "%s.expert_gate_type", arch);
     gguf_str kind;
@@ -214,6 +216,12 @@ static lmoe_status bind_layer(lmoe_model *m, uint32_t il, layer_weights *l) {
     FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_exps"), hp->n_embd, hp->n_ff, e, TYPES_MATRIX, &l->gate_exps));
     FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_up_exps"), hp->n_embd, hp->n_ff, e, TYPES_MATRIX, &l->up_exps));
     FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_down_exps"), hp->n_ff, hp->n_embd, e, TYPES_MATRIX, &l->down_exps));
+    if (hp->n_ff_shexp) {
+        uint32_t s = hp->n_ff_shexp;
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_gate_shexp"), hp->n_embd, s, 0, TYPES_MATRIX, &l->gate_shexp));
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_up_shexp"), hp->n_embd, s, 0, TYPES_MATRIX, &l->up_shexp));
+        FORWARD_IF_ERROR(bind_tensor(m, NAME("ffn_down_shexp"), s, hp->n_embd, 0, TYPES_MATRIX, &l->down_shexp));
+    }
 #undef NAME
     return LMOE_OK;
 }

@@ -39,6 +39,7 @@ typedef struct llama_hparams {
     uint32_t n_expert_used;  /* k */
     moe_gating gating;
     moe_gate_kind gate_kind;
+    uint32_t n_ff_shexp;     /* width of the always-on shared expert; 0: none */
 } llama_hparams;
 
 /* A weight matrix in the map: row-major [rows][cols] of type (f32, f16 or bf16); rows are the
@@ -66,6 +67,10 @@ typedef struct layer_weights {
     weight_ref up_exps;      /* (n_expert, n_ff, n_embd) w3 */
     weight_ref down_exps;    /* (n_expert, n_embd, n_ff) w2 */
     float expert_scale;      /* multiplies every expert weight (LLaMA-MoE score_scale_factor) */
+    /* always-on shared expert (n_ff_shexp wide), added with weight 1 to the routed experts' sum */
+    weight_ref gate_shexp;   /* (n_ff_shexp, n_embd) */
+    weight_ref up_shexp;     /* (n_ff_shexp, n_embd) */
+    weight_ref down_shexp;   /* (n_embd, n_ff_shexp) */
 } layer_weights;
 
 struct lmoe_model {

@@ -34,25 +34,37 @@ static bool contains(gguf_str s, const char *part) {
     return false;
 }
 
-/* FFN tensors whose rows (gate, up) or columns (down) are the n_ff neurons. */
+/* FFN tensors whose rows (gate, up) or columns (down) are the n_ff neurons: of the dense FFN, the
+ * routed experts, or the shared expert (which has its own width). */
 static ffn_role role_of(gguf_str name) {
-    if (ends_with(name, ".ffn_gate.weight") || ends_with(name, ".ffn_up.weight") ||
-        ends_with(name, ".ffn_gate_exps.weight") || ends_with(name, ".ffn_up_exps.weight"))
-        return FFN_ROWS;
-    if (ends_with(name, ".ffn_down.weight") || ends_with(name, ".ffn_down_exps.weight"))
-        return FFN_COLS;
+    static const char *const rows[] = {".ffn_gate.weight", ".ffn_up.weight", ".ffn_gate_exps.weight",
+                                       ".ffn_up_exps.weight", ".ffn_gate_shexp.weight",
+                                       ".ffn_up_shexp.weight"};
+    static const char *const cols[] = {".ffn_down.weight", ".ffn_down_exps.weight",
+                                       ".ffn_down_shexp.weight"};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        if (ends_with(name, rows[i])) return FFN_ROWS;
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        if (ends_with(name, cols[i])) return FFN_COLS;
     return FFN_NONE;
 }
+
+/* An FFN's width before and after padding to whole blocks. */
+typedef struct ffn_width {
+    uint32_t in, out;
+} ffn_width;
 
 static bool is_block_type(ggml_type t) {
     return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || ggml_type_is_r16(t);
 }
 
-static void plan_tensor(const gguf_tensor *t, ggml_type target, uint64_t n_ff, uint64_t n_ff_out,
+static void plan_tensor(const gguf_tensor *t, ggml_type target, ffn_width ffn, ffn_width shexp,
                         out_tensor *o) {
     o->src = t;
     memcpy(o->ne, t->ne, sizeof o->ne);
     o->role = role_of(t->name);
+    ffn_width width = contains(t->name, "_shexp.") ? shexp : ffn;
+    uint64_t n_ff = width.in, n_ff_out = width.out;
     o->n_ff = n_ff;
     if (o->role == FFN_ROWS && t->ne[1] == n_ff) o->ne[1] = n_ff_out;
     else if (o->role == FFN_COLS && t->ne[0] == n_ff) o->ne[0] = n_ff_out;
@@ -122,15 +134,32 @@ static void on_written(void *user, size_t index, size_t count, const char *name,
         report(user, "written %zu/%zu tensors (last %s)", index + 1, count, name);
 }
 
-/* The FFN width: <arch>.feed_forward_length, absent for a vocabulary-only file. */
-static lmoe_status read_n_ff(const gguf_file *f, char *key, size_t key_size, uint32_t *n_ff) {
+/* "<arch>.<suffix>" (the architecture from general.architecture) into key. */
+static lmoe_status arch_key(const gguf_file *f, const char *suffix, char *key, size_t key_size) {
     gguf_str arch = {"", 0};
     if (gguf_find_kv(f, "general.architecture"))
         FORWARD_IF_ERROR(gguf_get_str(f, "general.architecture", &arch));
-    snprintf(key, key_size, "%.*s.feed_forward_length", (int)(arch.len > 64 ? 64 : arch.len),
-             arch.ptr);
-    *n_ff = 0;
-    return gguf_get_u32_opt(f, key, n_ff);
+    snprintf(key, key_size, "%.*s.%s", (int)(arch.len > 64 ? 64 : arch.len), arch.ptr, suffix);
+    return LMOE_OK;
+}
+
+/* An FFN width key (0 when absent: a vocabulary-only file, no shared expert) and the width it is
+ * padded to for the output type; the padded width replaces it, the original is kept under
+ * unpadded_key. */
+static lmoe_status plan_width(const gguf_file *f, const char *key, const char *unpadded_key,
+                              const quantize_options *o, gguf_writer *w, ffn_width *width) {
+    width->in = 0;
+    FORWARD_IF_ERROR(gguf_get_u32_opt(f, key, &width->in));
+    width->out = width->in;
+    if (is_block_type(o->type) && width->in % LMOE_QK)
+        width->out = (width->in + LMOE_QK - 1) / LMOE_QK * LMOE_QK;
+    if (width->in) FORWARD_IF_ERROR(gguf_writer_set_u32(w, key, width->out));
+    if (width->out != width->in) {
+        FORWARD_IF_ERROR(gguf_writer_set_u32(w, unpadded_key, width->in));
+        report(o, "%s %u is not a multiple of %d: padded to %u with zero neurons (exact)", key,
+               width->in, LMOE_QK, width->out);
+    }
+    return LMOE_OK;
 }
 
 static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
@@ -140,31 +169,29 @@ static lmoe_status quantize_file(const gguf_file *f, const char *out_path,
                         o->type != GGML_TYPE_BF16 && o->type != GGML_TYPE_F32,
                     LMOE_ERR_INVALID_ARGUMENT,
                     "quantize: --type must be q8_0, q4_0, q8_0_r16, q4_0_r16, bf16 or f16");
-    char ff_key[128];
-    uint32_t n_ff;
-    FORWARD_IF_ERROR(read_n_ff(f, ff_key, sizeof ff_key, &n_ff));
-    uint32_t n_ff_out = n_ff;
-    if (is_block_type(o->type) && n_ff % LMOE_QK) n_ff_out = (n_ff + LMOE_QK - 1) / LMOE_QK * LMOE_QK;
+    char ff_key[128], shexp_key[128];
+    static const char ff_unpadded[] = "llamamoe.feed_forward_length_unpadded";
+    static const char shexp_unpadded[] = "llamamoe.expert_shared_feed_forward_length_unpadded";
+    FORWARD_IF_ERROR(arch_key(f, "feed_forward_length", ff_key, sizeof ff_key));
+    FORWARD_IF_ERROR(arch_key(f, "expert_shared_feed_forward_length", shexp_key, sizeof shexp_key));
 
     FORWARD_IF_ERROR(gguf_writer_create(w));
     for (uint64_t i = 0; i < f->n_kv; i++) {
         const gguf_kv *kv = &f->kv[i];
-        if (gguf_str_eq(kv->key, ff_key) || gguf_str_eq(kv->key, "llamamoe.feed_forward_length_unpadded"))
+        if (gguf_str_eq(kv->key, ff_key) || gguf_str_eq(kv->key, ff_unpadded) ||
+            gguf_str_eq(kv->key, shexp_key) || gguf_str_eq(kv->key, shexp_unpadded))
             continue;
         FORWARD_IF_ERROR(gguf_writer_copy_kv(*w, kv));
     }
-    if (n_ff) FORWARD_IF_ERROR(gguf_writer_set_u32(*w, ff_key, n_ff_out));
-    if (n_ff_out != n_ff) {
-        FORWARD_IF_ERROR(gguf_writer_set_u32(*w, "llamamoe.feed_forward_length_unpadded", n_ff));
-        report(o, "FFN width %u is not a multiple of %d: padded to %u with zero neurons (exact)",
-               n_ff, LMOE_QK, n_ff_out);
-    }
+    ffn_width ffn, shexp;
+    FORWARD_IF_ERROR(plan_width(f, ff_key, ff_unpadded, o, *w, &ffn));
+    FORWARD_IF_ERROR(plan_width(f, shexp_key, shexp_unpadded, o, *w, &shexp));
     *plan = calloc(f->n_tensors ? f->n_tensors : 1, sizeof **plan);
     RETURN_ERROR_IF(!*plan, LMOE_ERR_OUT_OF_MEMORY, "quantize: out of memory");
     uint64_t bytes_in = 0, bytes_out = 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         out_tensor *t = &(*plan)[i];
-        plan_tensor(&f->tensors[i], o->type, n_ff, n_ff_out, t);
+        plan_tensor(&f->tensors[i], o->type, ffn, shexp, t);
         char name[4097];
         snprintf(name, sizeof name, "%.*s", (int)f->tensors[i].name.len, f->tensors[i].name.ptr);
         FORWARD_IF_ERROR(gguf_writer_add_tensor_fill(*w, name, t->type, f->tensors[i].n_dims,
