@@ -1,7 +1,5 @@
-/* llamamoe-convert - turns other model formats into GGUF and inspects GGUF files.
- *
- *   llamamoe-convert llama2c CHECKPOINT TOKENIZER -o OUT.gguf
- *   llamamoe-convert info FILE.gguf
+/* llamamoe-convert - turns other model formats into GGUF, dense models into MoE models, and
+ * inspects GGUF files (usage() lists the commands).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -12,6 +10,8 @@
 #include "file_map.h"
 #include "gguf.h"
 #include "hf.h"
+#include "moefy.h"
+#include "moefy_split.h"
 #include "quantize.h"
 #include "llama2c.h"
 #include "tokenizer_import.h"
@@ -32,6 +32,19 @@ static void usage(FILE *out) {
             "  llamamoe-convert quantize IN.gguf -o OUT.gguf --type q8_0|q4_0|q8_0_r16|q4_0_r16|bf16|f16\n"
             "      rewrite the weight matrices (norms and MoE gates stay f32; FFN widths that are\n"
             "      not a multiple of 32 are padded with zero neurons, which is exact)\n"
+            "  llamamoe-convert moefy DENSE.gguf -o MOE.gguf [--experts E] [--top-k K]\n"
+            "      [--method M] [--gate G] [--scale S|fit] [--calib FILE] [--seed N] [options]\n"
+            "      split a dense model's FFNs into E experts (default 4), K of them per token\n"
+            "      (default 2); docs/CONSTRUCTION.md compares the choices:\n"
+            "        --method random (default) | clustering | co-activation | sharing-inner |\n"
+            "                 sharing-inter (the last three need --calib)\n"
+            "        --gate centroid (default) | random | calibrated (needs --calib) | uniform\n"
+            "        --scale S: multiplies the experts' weights (default E/K); fit: least squares\n"
+            "                 per layer on the calibration text\n"
+            "        --calib FILE: calibration text; --calib-tokens N: use at most N (4096)\n"
+            "        --expert-size N (sharing-inner; default n_ff/E), --shared-size N\n"
+            "                 (sharing-inter; default: the neurons most experts want)\n"
+            "        -t N: threads for the calibration pass\n"
             "  llamamoe-convert info FILE.gguf\n"
             "      print a GGUF file's metadata keys and tensors\n");
 }
@@ -215,12 +228,99 @@ static int cmd_hf(const char *dir, const char *out_path, const char *type, const
     return 0;
 }
 
+static int moefy_usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "llamamoe-convert moefy: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n");
+    return 2;
+}
+
+static int parse_u32(const char *s, uint32_t *out) {
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *end || s[0] == '-' || v > UINT32_MAX) return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static void moefy_summary(const moefy_options *o, const moefy_result *r, const char *out) {
+    fprintf(stderr, "wrote %s: %u layers, %u experts of %u neurons%s, top-%u (%.1f%% of the "
+            "FFN active per token), method %s, gate %s, scale %.4g..%.4g, seed %llu\n", out,
+            r->n_layer, o->n_experts, r->expert_size, r->shared_size ? " + a shared expert" : "",
+            o->top_k, 100.0 * (o->top_k * r->expert_size + r->shared_size) / r->n_ff,
+            moefy_method_name(o->method), moefy_gate_name(o->gate), (double)r->min_scale,
+            (double)r->max_scale, (unsigned long long)o->seed);
+    if (o->method == MOEFY_METHOD_SHARING_INNER || o->method == MOEFY_METHOD_SHARING_INTER)
+        fprintf(stderr, "overlap: at most %u neurons of a layer are in several experts, %u in "
+                "none\n", r->max_in_several, r->max_unused);
+    if (r->shared_size)
+        fprintf(stderr, "shared expert: %u always-on neurons per layer\n", r->shared_size);
+}
+
+static int cmd_moefy(int argc, char **argv) {
+    moefy_options o;
+    moefy_default_options(&o);
+    o.progress = progress_to_stderr;
+    const char *dense = NULL, *out = NULL;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-') {
+            if (dense) return moefy_usage_error("one DENSE.gguf only ('%s' is extra)", a);
+            dense = a;
+            continue;
+        }
+        if (i + 1 >= argc) return moefy_usage_error("%s needs a value", a);
+        const char *v = argv[++i];
+        int ok = 1;
+        uint32_t n = 0;
+        if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--experts")) ok = parse_u32(v, &o.n_experts);
+        else if (!strcmp(a, "--top-k")) ok = parse_u32(v, &o.top_k);
+        else if (!strcmp(a, "--method")) ok = moefy_parse_method(v, &o.method);
+        else if (!strcmp(a, "--gate")) ok = moefy_parse_gate(v, &o.gate);
+        else if (!strcmp(a, "--calib")) o.calib_path = v;
+        else if (!strcmp(a, "--calib-tokens")) ok = parse_u32(v, &n) && n > 0, o.calib_tokens = n;
+        else if (!strcmp(a, "--expert-size")) ok = parse_u32(v, &o.expert_size) && o.expert_size;
+        else if (!strcmp(a, "--shared-size")) ok = parse_u32(v, &o.shared_size);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
+            ok = parse_u32(v, &n) && n >= 1 && n <= 512, o.n_threads = (int)n;
+        else if (!strcmp(a, "--seed")) {
+            char *end;
+            o.seed = strtoull(v, &end, 10);
+            ok = end != v && !*end && v[0] != '-';
+        } else if (!strcmp(a, "--scale")) {
+            char *end;
+            o.scale_fit = strcmp(v, "fit") == 0;
+            if (!o.scale_fit) {
+                o.scale = strtof(v, &end);
+                ok = end != v && !*end && o.scale > 0 && o.scale < 1e30f;
+            }
+        } else return moefy_usage_error("unknown option %s (see llamamoe-convert --help)", a);
+        if (!ok) {
+            fprintf(stderr, "llamamoe-convert moefy: bad value '%s' for %s\n", v, a);
+            if (!strcmp(a, "--method"))
+                fprintf(stderr, "  methods: random, clustering, co-activation, sharing-inner, "
+                        "sharing-inter\n");
+            if (!strcmp(a, "--gate"))
+                fprintf(stderr, "  gates: centroid, random, calibrated, uniform\n");
+            return 2;
+        }
+    }
+    if (!dense || !out) return moefy_usage_error("needs %s", "DENSE.gguf -o MOE.gguf");
+    moefy_result r;
+    lmoe_status st = moefy_convert(dense, out, &o, &r);
+    if (st != LMOE_OK) return fail(st);
+    moefy_summary(&o, &r, out);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "moefy") == 0) return cmd_moefy(argc, argv); /* options of its own */
     const char *out = NULL, *type = NULL, *chat = NULL;
     const char *pos[4];
     int n_pos = 0;
