@@ -13,6 +13,8 @@
  *   - a sharing-inter model (shared expert 2-D tensors) quantises to q8_0 with the shared width
  *     padded, loads, and stays close to the f32 one;
  *   - the method, gate, scale and seed are in the metadata;
+ *   - a scale (and gate sharpness) fitted on calibration text brings the MoE closer to the dense
+ *     model (mean KL on unseen text) than LLaMA-MoE's fixed E/K;
  *   - bad requests fail with a message naming the problem: E not dividing n_ff, K > E, K = 0, a
  *     model that is already MoE, calibration missing for the methods, gate and scale that need it,
  *     a missing dense file or calibration file; the tool exits 2 on a bad option.
@@ -167,6 +169,48 @@ static float max_logit_difference(const char *a_path, const char *b_path, const 
     lmoe_model_free(a);
     lmoe_model_free(b);
     return st == LMOE_OK ? worst : -1;
+}
+
+/* Mean KL(p_dense || p_moe) in nats over the positions of a text, token by token; -1 on failure. */
+static double mean_kl(const char *dense_path, const char *moe_path, const char *text) {
+    lmoe_model *a = NULL, *b = NULL;
+    lmoe_context *ca = NULL, *cb = NULL;
+    lmoe_token tokens[COMPARE_TOKENS];
+    size_t n = 0;
+    lmoe_context_params cp;
+    lmoe_context_default_params(&cp, sizeof cp);
+    cp.n_ctx = 128;
+    cp.n_threads = 1;
+    lmoe_model_info info;
+    lmoe_status st = lmoe_model_load(dense_path, NULL, &a);
+    if (st == LMOE_OK) st = lmoe_model_load(moe_path, NULL, &b);
+    if (st == LMOE_OK) st = lmoe_context_create(a, &cp, &ca);
+    if (st == LMOE_OK) st = lmoe_context_create(b, &cp, &cb);
+    if (st == LMOE_OK) st = lmoe_model_get_info(a, &info, sizeof info);
+    if (st == LMOE_OK) {
+        st = lmoe_tokenize(a, text, strlen(text), 1, tokens, COMPARE_TOKENS, &n);
+        if (st == LMOE_ERR_BUFFER_TOO_SMALL) st = LMOE_OK, n = COMPARE_TOKENS;
+    }
+    double kl = 0;
+    for (size_t t = 0; st == LMOE_OK && t < n; t++) {
+        st = lmoe_eval(ca, &tokens[t], 1);
+        if (st == LMOE_OK) st = lmoe_eval(cb, &tokens[t], 1);
+        if (st != LMOE_OK) break;
+        const float *p = lmoe_logits(ca), *q = lmoe_logits(cb);
+        double mp = p[0], mq = q[0], zp = 0, zq = 0;
+        for (int32_t v = 1; v < info.n_vocab; v++) mp = p[v] > mp ? p[v] : mp, mq = q[v] > mq ? q[v] : mq;
+        for (int32_t v = 0; v < info.n_vocab; v++) zp += exp(p[v] - mp), zq += exp(q[v] - mq);
+        for (int32_t v = 0; v < info.n_vocab; v++) {
+            double lp = p[v] - mp - log(zp), lq = q[v] - mq - log(zq);
+            kl += exp(lp) * (lp - lq);
+        }
+    }
+    CHECK_MSG(st == LMOE_OK && n > 0, "KL of %s: %s", moe_path, lmoe_last_error());
+    lmoe_context_free(ca);
+    lmoe_context_free(cb);
+    lmoe_model_free(a);
+    lmoe_model_free(b);
+    return st == LMOE_OK && n ? kl / (double)n : -1;
 }
 
 /* For each expert row of a gate-projection tensor, the dense neuron whose row it is (-1: none). */
@@ -392,6 +436,36 @@ static void test_sharing(void) {
     free(text);
 }
 
+/* Fitting the scale (and the gate's sharpness) on calibration text brings the MoE closer to the
+ * dense model than LLaMA-MoE's fixed E/K, on text the calibration did not see (measured with the
+ * calibrated gate, co-activation, E = 43, K = 22: mean KL 5.83 -> 0.70 nats on this 48-token
+ * sample; the check asks for a fifth less). */
+static void test_fitted_scale(void) {
+    char fixed[4096], fitted[4096];
+    CHECK_OK(build("moefy_scale_ek.gguf", 43, 22, MOEFY_METHOD_COACTIVATION, MOEFY_GATE_CALIBRATED,
+                   0, true, 2, 9, NULL, fixed, sizeof fixed));
+    CHECK_OK(build("moefy_scale_fit.gguf", 43, 22, MOEFY_METHOD_COACTIVATION,
+                   MOEFY_GATE_CALIBRATED, -1, true, 2, 9, NULL, fitted, sizeof fitted));
+    char *text = generate(g_dense, 1.0f, 4242, COMPARE_TOKENS); /* not a calibration seed */
+    double kl_fixed = mean_kl(g_dense, fixed, text), kl_fitted = mean_kl(g_dense, fitted, text);
+    CHECK_MSG(kl_fitted >= 0 && kl_fitted < 0.8 * kl_fixed,
+              "fitted scale: KL %.3f, scale E/K: KL %.3f", kl_fitted, kl_fixed);
+    test_summary("co-activation, calibrated gate, E=43 K=22: KL to dense %.3f with scale E/K, "
+                 "%.3f fitted", kl_fixed, kl_fitted);
+    gguf_file *f = NULL;
+    CHECK_OK(gguf_open(fitted, &f));
+    if (f) {
+        const gguf_kv *factors = NULL;
+        CHECK_OK(gguf_get_array(f, "llamamoe.moefy.gate_factor", GGUF_TYPE_FLOAT32, &factors));
+        for (uint32_t il = 0; factors && il < 5; il++) {
+            float v = gguf_array_f32(factors, il);
+            CHECK(v > 0 && v <= 1);
+        }
+        gguf_close(f);
+    }
+    free(text);
+}
+
 static int files_equal(const char *a, const char *b) {
     size_t na = 0, nb = 0;
     char *da = test_read_file(a, &na), *db = test_read_file(b, &nb);
@@ -546,6 +620,7 @@ int main(int argc, char **argv) {
     test_balanced_partitions();
     test_sharing();
     test_determinism();
+    test_fitted_scale();
     test_bad_requests(argv[1]);
     test_summary_print();
     return test_finish("test_moefy");

@@ -71,6 +71,7 @@ typedef struct layer_plan {
     uint32_t *shared;        /* (shared_size) neuron ids */
     float *gate;             /* (E, n_embd) */
     float scale;
+    float gate_factor;       /* what fit_scale multiplied the gate by (1: as built) */
     moefy_overlap overlap;
 } layer_plan;
 
@@ -298,8 +299,8 @@ static lmoe_status gate_layer(moefy_run *run, uint32_t il, const dense_ffn *d, l
     return st;
 }
 
-/* The k largest logits (ties to the lower id, as the runtime) and their softmax weights. */
-static void route(const float *logits, uint32_t E, uint32_t k, uint32_t *sel, double *w) {
+/* The k largest logits, largest first (ties to the lower id, as the runtime chooses). */
+static void select_top_k(const float *logits, uint32_t E, uint32_t k, uint32_t *sel) {
     for (uint32_t s = 0; s < k; s++) {
         int32_t best = -1;
         for (uint32_t e = 0; e < E; e++) {
@@ -309,56 +310,102 @@ static void route(const float *logits, uint32_t E, uint32_t k, uint32_t *sel, do
         }
         sel[s] = (uint32_t)best;
     }
-    double sum = 0;
-    for (uint32_t s = 0; s < k; s++) sum += w[s] = exp((double)logits[sel[s]] - logits[sel[0]]);
-    for (uint32_t s = 0; s < k; s++) w[s] /= sum;
 }
 
-/* The scale that makes the routed experts' weighted sum closest (least squares over the
- * calibration tokens) to what the dense FFN adds beyond the shared expert. */
+/* Factors the gate may be multiplied by when the scale is fitted, sharpest first. They keep every
+ * token's choice of experts (a positive factor keeps the order of the logits) and only change how
+ * evenly the softmax over the k selected logits weights them: toward 1/k each as the factor
+ * shrinks, which is what a gate fitted to output sizes needs (its logits' spread is in units of
+ * output norms, not of log-weights). */
+static const double gate_factors[] = {1.0, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01, 0.001};
+#define N_GATE_FACTORS (sizeof gate_factors / sizeof gate_factors[0])
+
+/* Sums of the least squares fit of one gate factor: the scale is num / den, and what is left of
+ * the dense output's energy after it is energy - num^2 / den. */
+typedef struct scale_sums {
+    double num, den;
+} scale_sums;
+
+/* One calibration token: the k selected experts' outputs (out: K x n_embd) and logits (sel_logits),
+ * and the dense FFN's output beyond the shared expert (dense). */
+static void token_outputs(const moefy_run *run, const dense_ffn *d, const layer_plan *p,
+                          const float *x, const float *h, const uint32_t *all, float *logits,
+                          uint32_t *sel, double *sel_logits, double *dense, double *part,
+                          double *out) {
+    uint32_t n_embd = run->n_embd, E = run->E, K = run->K;
+    ffn_output(d, n_embd, h, all, run->n_ff, dense);
+    ffn_output(d, n_embd, h, p->shared, run->shared_size, part);
+    for (uint32_t e = 0; e < n_embd; e++) dense[e] -= part[e];
+    for (uint32_t j = 0; j < E; j++) {
+        double dot = 0;
+        for (uint32_t e = 0; e < n_embd; e++) dot += (double)p->gate[(size_t)j * n_embd + e] * x[e];
+        logits[j] = (float)dot;
+    }
+    select_top_k(logits, E, K, sel);
+    for (uint32_t s = 0; s < K; s++) {
+        sel_logits[s] = logits[sel[s]];
+        ffn_output(d, n_embd, h, p->experts + (size_t)sel[s] * run->expert_size,
+                   run->expert_size, out + (size_t)s * n_embd);
+    }
+}
+
+/* Least squares over the calibration tokens, so that the routed experts' weighted sum comes
+ * closest to what the dense FFN adds beyond the shared expert: for each gate factor the best
+ * scale, then the factor that leaves the least error. The gate is multiplied by that factor. */
 static lmoe_status fit_scale(const moefy_run *run, uint32_t il, const dense_ffn *d,
                              layer_plan *p) {
     const moefy_calib *c = &run->calib;
     uint32_t n_embd = run->n_embd, n_ff = run->n_ff, E = run->E, K = run->K;
     double *dense = malloc(n_embd * sizeof *dense), *part = malloc(n_embd * sizeof *part),
-           *moe = malloc(n_embd * sizeof *moe), *w = malloc(K * sizeof *w);
+           *moe = malloc(n_embd * sizeof *moe), *out = malloc((size_t)K * n_embd * sizeof *out),
+           *sel_logits = malloc(K * sizeof *sel_logits), *w = malloc(K * sizeof *w);
     float *logits = malloc(E * sizeof *logits);
     uint32_t *sel = malloc(K * sizeof *sel), *all = malloc(n_ff * sizeof *all);
-    bool ok = dense && part && moe && w && logits && sel && all;
-    double num = 0, den = 0;
+    bool ok = dense && part && moe && out && sel_logits && w && logits && sel && all;
+    scale_sums sums[N_GATE_FACTORS] = {{0, 0}};
+    double energy = 0;
     for (uint32_t i = 0; ok && i < n_ff; i++) all[i] = i;
     for (size_t t = 0; ok && t < c->n_tokens; t++) {
-        const float *h = c->h[il] + t * n_ff, *x = c->x[il] + t * n_embd;
-        ffn_output(d, n_embd, h, all, n_ff, dense);
-        ffn_output(d, n_embd, h, p->shared, run->shared_size, part);
-        for (uint32_t e = 0; e < n_embd; e++) dense[e] -= part[e];
-        for (uint32_t j = 0; j < E; j++) {
-            double dot = 0;
-            for (uint32_t e = 0; e < n_embd; e++) dot += (double)p->gate[(size_t)j * n_embd + e] * x[e];
-            logits[j] = (float)dot;
-        }
-        route(logits, E, K, sel, w);
-        memset(moe, 0, n_embd * sizeof *moe);
-        for (uint32_t s = 0; s < K; s++) {
-            ffn_output(d, n_embd, h, p->experts + (size_t)sel[s] * run->expert_size,
-                       run->expert_size, part);
-            for (uint32_t e = 0; e < n_embd; e++) moe[e] += w[s] * part[e];
-        }
-        for (uint32_t e = 0; e < n_embd; e++) {
-            num += dense[e] * moe[e];
-            den += moe[e] * moe[e];
+        token_outputs(run, d, p, c->x[il] + t * n_embd, c->h[il] + t * n_ff, all, logits, sel,
+                      sel_logits, dense, part, out);
+        for (uint32_t e = 0; e < n_embd; e++) energy += dense[e] * dense[e];
+        for (size_t f = 0; f < N_GATE_FACTORS; f++) {
+            double sum = 0;
+            for (uint32_t s = 0; s < K; s++)
+                sum += w[s] = exp(gate_factors[f] * (sel_logits[s] - sel_logits[0]));
+            memset(moe, 0, n_embd * sizeof *moe);
+            for (uint32_t s = 0; s < K; s++)
+                for (uint32_t e = 0; e < n_embd; e++) moe[e] += w[s] / sum * out[(size_t)s * n_embd + e];
+            for (uint32_t e = 0; e < n_embd; e++) {
+                sums[f].num += dense[e] * moe[e];
+                sums[f].den += moe[e] * moe[e];
+            }
         }
     }
     free(dense);
     free(part);
     free(moe);
+    free(out);
+    free(sel_logits);
     free(w);
     free(logits);
     free(sel);
     free(all);
     RETURN_ERROR_IF(!ok, LMOE_ERR_OUT_OF_MEMORY, "moefy: out of memory");
+    size_t best = N_GATE_FACTORS;
+    double best_left = energy;
+    for (size_t f = 0; f < N_GATE_FACTORS; f++) {
+        if (!(sums[f].den > 0 && sums[f].num > 0)) continue;
+        double left = energy - sums[f].num * sums[f].num / sums[f].den;
+        if (best == N_GATE_FACTORS || left < best_left) best = f, best_left = left;
+    }
+    p->gate_factor = 1.0f;
     /* no signal (the experts are silent on every token): keep LLaMA-MoE's E/K */
-    p->scale = den > 0 && num > 0 ? (float)(num / den) : (float)E / (float)K;
+    p->scale = (float)E / (float)K;
+    if (best == N_GATE_FACTORS) return LMOE_OK;
+    p->gate_factor = (float)gate_factors[best];
+    p->scale = (float)(sums[best].num / sums[best].den);
+    for (size_t i = 0; i < (size_t)E * n_embd; i++) p->gate[i] *= p->gate_factor;
     return LMOE_OK;
 }
 
@@ -377,6 +424,7 @@ static lmoe_status plan_layer(moefy_run *run, uint32_t il) {
     FORWARD_IF_ERROR(dense_ffn_load(&run->model->layers[il], run->n_ff, run->n_embd, &d));
     lmoe_status st = split_layer(run, il, &d, p);
     if (st == LMOE_OK) st = gate_layer(run, il, &d, p);
+    p->gate_factor = 1.0f;
     if (st == LMOE_OK && o->scale_fit) st = fit_scale(run, il, &d, p);
     else p->scale = o->scale > 0 ? o->scale : (float)run->E / (float)run->K;
     if (st == LMOE_OK)
@@ -508,13 +556,14 @@ static lmoe_status write_keys(const moefy_run *run, const gguf_file *f, const ch
     FORWARD_IF_ERROR(gguf_writer_set_u32(w, "llama_moe.expert_used_count", run->K));
     FORWARD_IF_ERROR(gguf_writer_set_str(w, "llama_moe.expert_gate_type", "linear"));
     uint32_t n_layer = run->model->hp.n_layer;
-    float *scales = malloc(n_layer * sizeof *scales);
+    float *scales = malloc(n_layer * sizeof *scales), *factors = malloc(n_layer * sizeof *factors);
     uint32_t *several = malloc(n_layer * sizeof *several), *unused = malloc(n_layer * sizeof *unused);
-    lmoe_status st = scales && several && unused
+    lmoe_status st = scales && factors && several && unused
                          ? LMOE_OK
                          : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "moefy: out of memory");
     for (uint32_t il = 0; st == LMOE_OK && il < n_layer; il++) {
         scales[il] = run->layers[il].scale;
+        factors[il] = run->layers[il].gate_factor;
         several[il] = run->layers[il].overlap.n_shared_by_experts;
         unused[il] = run->layers[il].overlap.n_unused;
     }
@@ -540,7 +589,11 @@ static lmoe_status write_keys(const moefy_run *run, const gguf_file *f, const ch
     if (st == LMOE_OK)
         st = gguf_writer_set_array(w, "llamamoe.moefy.neurons_unused", GGUF_TYPE_UINT32, unused,
                                    n_layer);
+    if (st == LMOE_OK)
+        st = gguf_writer_set_array(w, "llamamoe.moefy.gate_factor", GGUF_TYPE_FLOAT32, factors,
+                                   n_layer);
     free(scales);
+    free(factors);
     free(several);
     free(unused);
     return st;
@@ -651,9 +704,9 @@ static lmoe_status build(moefy_run *run, const char *dense_path, const char *out
         double t0 = seconds();
         FORWARD_IF_ERROR(plan_layer(run, il));
         const layer_plan *p = &run->layers[il];
-        report(o, "layer %u/%u: scale %.4g, neurons in several experts %u, in none %u (%.2f s)",
-               il + 1, hp->n_layer, (double)p->scale, p->overlap.n_shared_by_experts,
-               p->overlap.n_unused, seconds() - t0);
+        report(o, "layer %u/%u: scale %.4g, gate x %g, neurons in several experts %u, in none %u "
+               "(%.2f s)", il + 1, hp->n_layer, (double)p->scale, (double)p->gate_factor,
+               p->overlap.n_shared_by_experts, p->overlap.n_unused, seconds() - t0);
     }
     gguf_writer *w = NULL;
     fill_job *jobs = calloc((size_t)hp->n_layer * 6, sizeof *jobs);
