@@ -10,13 +10,13 @@
 
 #include <ctype.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "checkpoint.h"
 #include "error.h"
+#include "progress.h"
 #include "file_map.h"
 #include "json.h"
 #include "quant.h"
@@ -570,19 +570,8 @@ typedef struct progress_state {
     int last_percent;
 } progress_state;
 
-static void report(const hf_options *o, const char *fmt, ...) LMOE_PRINTF(2, 3);
-static void report(const hf_options *o, const char *fmt, ...) {
-    if (!o->progress) return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    o->progress(o->user, line);
-}
-
 static void on_shard(void *user, size_t index, size_t count, const char *path) {
-    report(user, "opened shard %zu/%zu: %s", index + 1, count, path);
+    report((const hf_options *)user, "opened shard %zu/%zu: %s", index + 1, count, path);
 }
 
 static void on_tensor_written(void *user, size_t index, size_t count, const char *name,

@@ -5,13 +5,13 @@
 #include "moefy.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "error.h"
+#include "progress.h"
 #include "gguf.h"
 #include "model.h"
 #include "moefy_calib.h"
@@ -90,17 +90,6 @@ typedef struct moefy_run {
     moefy_calib calib;       /* n_tokens 0 without calibration */
     layer_plan *layers;      /* [n_layer] */
 } moefy_run;
-
-static void report(const moefy_options *o, const char *fmt, ...) LMOE_PRINTF(2, 3);
-static void report(const moefy_options *o, const char *fmt, ...) {
-    if (!o->progress) return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    o->progress(o->user, line);
-}
 
 /* A seed for one layer and one purpose, so layers do not repeat each other. */
 static uint64_t layer_seed(uint64_t seed, uint32_t il, uint32_t purpose) {

@@ -2,13 +2,13 @@
  * output tensor is produced row by row while it is written: source row -> f32 -> output type. */
 #include "quantize.h"
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "progress.h"
 #include "quant.h"
 
 /* How an FFN tensor's shape changes when its width n_ff is padded. */
@@ -117,21 +117,11 @@ static lmoe_status fill(void *user, void *dst, size_t n_bytes) {
     return LMOE_OK;
 }
 
-static void report(const quantize_options *o, const char *fmt, ...) LMOE_PRINTF(2, 3);
-static void report(const quantize_options *o, const char *fmt, ...) {
-    if (!o->progress) return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    o->progress(o->user, line);
-}
-
 static void on_written(void *user, size_t index, size_t count, const char *name, uint64_t bytes) {
     (void)bytes;
     if ((index + 1) % 50 == 0 || index + 1 == count)
-        report(user, "written %zu/%zu tensors (last %s)", index + 1, count, name);
+        report((const quantize_options *)user, "written %zu/%zu tensors (last %s)", index + 1,
+               count, name);
 }
 
 /* "<arch>.<suffix>" (the architecture from general.architecture) into key. */
