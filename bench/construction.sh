@@ -8,7 +8,8 @@
 # ../shared/models by default; OUT_DIR (default /tmp/lmoe-construction) receives the dense model,
 # the texts and the MoE files. Prints one markdown row per configuration on stdout; progress on
 # stderr. Environment: CONFIGS replaces the grid by lines of "E K METHOD GATE SCALE", SCALE being
-# E/K, fit or a number (the default grid is in default_configs below).
+# E/K, fit or a number (the default grid is in default_configs below); SEED (default 1) is
+# moefy's --seed.
 #
 # The texts are sampled from the dense model itself with fixed seeds (temperature 1, top-p 0.9,
 # 256 tokens per story): calibration from seeds 1000-1039, evaluation from seeds 2000-2019, so
@@ -59,7 +60,7 @@ while read -r E K method gate scale; do
     [[ -z "$E" ]] && continue
     moe=$out/moe-$E-$K-$method-$gate-${scale//\//}.gguf
     args=(moefy "$dense" -o "$moe" --experts "$E" --top-k "$K" --method "$method" --gate "$gate"
-          --calib "$calib" --seed 1 -t 2)
+          --calib "$calib" --seed "${SEED:-1}" -t 2)
     case "$scale" in
         E/K) ;;                        # the default
         *) args+=(--scale "$scale") ;; # fit, or a number
