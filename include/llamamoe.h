@@ -135,6 +135,20 @@ LMOE_API lmoe_status lmoe_model_default_params(lmoe_model_params *params, size_t
 LMOE_API lmoe_status lmoe_model_load(const char *path, const lmoe_model_params *params,
                                      lmoe_model **out);
 
+/* CONSTRUCTOR: lmoe_model. As lmoe_model_load, from a file the caller has opened (read from its
+ * start; the fd stays the caller's and may be closed as soon as this returns: the mapping does not
+ * need it). For sandboxes and app bundles that hand out descriptors, not paths. Any thread. */
+LMOE_API lmoe_status lmoe_model_load_from_fd(int fd, const lmoe_model_params *params,
+                                             lmoe_model **out);
+
+/* CONSTRUCTOR: lmoe_model. As lmoe_model_load, from a GGUF file's bytes in the caller's memory
+ * (e.g. embedded in the program or downloaded): not copied, so the buffer must stay unchanged and
+ * alive until lmoe_model_free, and must be aligned to 32 bytes (tensor data is aligned relative to
+ * the file's start). Any thread. */
+LMOE_API lmoe_status lmoe_model_load_from_memory(const void *data, size_t size,
+                                                 const lmoe_model_params *params,
+                                                 lmoe_model **out);
+
 /* DESTRUCTOR: lmoe_model. Unmaps and frees the model. All contexts created from it must have been
  * freed first. NULL is a harmless no-op. */
 LMOE_API void lmoe_model_free(lmoe_model *model);
@@ -258,6 +272,12 @@ LMOE_API void lmoe_context_free(lmoe_context *ctx);
 /* METHOD: lmoe_context. Empties the KV cache so the next eval starts at position 0, and sets the
  * expert selection counts to zero. */
 LMOE_API void lmoe_context_reset(lmoe_context *ctx);
+
+/* METHOD: lmoe_context. Rolls the KV cache back to its first n_tokens tokens (n_tokens <= what it
+ * holds), so the next eval continues from position n_tokens: undo the last tokens of a turn, or
+ * retry from a common prefix without evaluating it again. The logits are invalid until the next
+ * eval (unless nothing was removed). Expert counts are kept. */
+LMOE_API lmoe_status lmoe_context_truncate(lmoe_context *ctx, uint32_t n_tokens);
 
 /* METHOD: lmoe_context. Tokens currently in the KV cache, and its capacity. */
 LMOE_API uint32_t lmoe_context_n_tokens(const lmoe_context *ctx);

@@ -35,28 +35,63 @@ lmoe_status lmoe_model_default_params(lmoe_model_params *params, size_t params_s
                                  sizeof model_defaults, "model params");
 }
 
-lmoe_status lmoe_model_load(const char *path, const lmoe_model_params *params, lmoe_model **out) {
-    CHECK_ARG(out, "lmoe_model_load: out is NULL");
-    *out = NULL;
-    CHECK_ARG(path, "lmoe_model_load: path is NULL");
+/* The common tail of the three loaders: params, binding, logging. Takes ownership of file (NULL
+ * when opening failed with status open_status); what names the source in messages. */
+static lmoe_status load_model(lmoe_status open_status, gguf_file *file, const char *what,
+                              const lmoe_model_params *params, lmoe_model **out) {
     lmoe_model_params p = model_defaults;
-    if (params)
-        FORWARD_IF_ERROR(params_read(&p, sizeof p, params, sizeof model_defaults, "model params"));
-    gguf_file *file;
-    FORWARD_IF_ERROR(gguf_open(path, &file));
+    lmoe_status st = open_status;
+    if (st == LMOE_OK && params)
+        st = params_read(&p, sizeof p, params, sizeof model_defaults, "model params");
+    if (st != LMOE_OK) {
+        gguf_close(file);
+        return st;
+    }
     lmoe_model *model;
-    lmoe_status st = model_load_from_gguf(file, p.vocab_only != 0, &model);
-    if (st != LMOE_OK) return lmoe_error_prefix(st, "%s", path);
+    st = model_load_from_gguf(file, p.vocab_only != 0, &model);
+    if (st != LMOE_OK) return lmoe_error_prefix(st, "%s", what);
     model->logger = (lmoe_logger){p.log_fn, p.log_user, p.log_level};
     const llama_hparams *hp = &model->hp;
     lmoe_log(&model->logger, LMOE_LOG_INFO,
              "loaded %s: %s, %s, vocab %u, embd %u, layers %u, heads %u/%u, ff %u, %" PRIu64
              " parameters",
-             path, model->architecture[0] ? model->architecture : "(no architecture)",
+             what, model->architecture[0] ? model->architecture : "(no architecture)",
              model->has_weights ? "weights" : "vocabulary only", hp->n_vocab, hp->n_embd,
              hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_ff, model->n_params);
     *out = model;
     return LMOE_OK;
+}
+
+lmoe_status lmoe_model_load(const char *path, const lmoe_model_params *params, lmoe_model **out) {
+    CHECK_ARG(out, "lmoe_model_load: out is NULL");
+    *out = NULL;
+    CHECK_ARG(path, "lmoe_model_load: path is NULL");
+    gguf_file *file = NULL;
+    lmoe_status st = gguf_open(path, &file);
+    return load_model(st, file, path, params, out);
+}
+
+lmoe_status lmoe_model_load_from_fd(int fd, const lmoe_model_params *params, lmoe_model **out) {
+    CHECK_ARG(out, "lmoe_model_load_from_fd: out is NULL");
+    *out = NULL;
+    CHECK_ARG(fd >= 0, "lmoe_model_load_from_fd: fd %d is not a file descriptor", fd);
+    gguf_file *file = NULL;
+    lmoe_status st = gguf_open_fd(fd, &file);
+    char what[32];
+    snprintf(what, sizeof what, "file descriptor %d", fd);
+    return load_model(st, file, what, params, out);
+}
+
+lmoe_status lmoe_model_load_from_memory(const void *data, size_t size,
+                                        const lmoe_model_params *params, lmoe_model **out) {
+    CHECK_ARG(out, "lmoe_model_load_from_memory: out is NULL");
+    *out = NULL;
+    CHECK_ARG(data && size, "lmoe_model_load_from_memory: no data (%zu bytes at %p)", size, data);
+    CHECK_ARG((uintptr_t)data % 32 == 0,
+              "lmoe_model_load_from_memory: data must be aligned to 32 bytes (it is at %p)", data);
+    gguf_file *file = NULL;
+    lmoe_status st = lmoe_error_prefix(gguf_open_memory(data, size, &file), "memory buffer");
+    return load_model(st, file, "memory buffer", params, out);
 }
 
 void lmoe_model_free(lmoe_model *model) { model_free(model); }
@@ -265,6 +300,17 @@ void lmoe_context_reset(lmoe_context *ctx) {
     ctx->n_past = 0;
     ctx->logits_valid = false;
     lmoe_context_reset_expert_counts(ctx);
+}
+
+lmoe_status lmoe_context_truncate(lmoe_context *ctx, uint32_t n_tokens) {
+    CHECK_ARG(ctx, "lmoe_context_truncate: ctx is NULL");
+    RETURN_ERROR_IF(n_tokens > ctx->n_past, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_context_truncate: %u tokens asked to keep, the cache holds %u",
+                    n_tokens, ctx->n_past);
+    /* entries past n_tokens are simply overwritten by the next eval */
+    if (n_tokens < ctx->n_past) ctx->logits_valid = false;
+    ctx->n_past = n_tokens;
+    return LMOE_OK;
 }
 
 static size_t n_expert_counts(const lmoe_context *ctx) {

@@ -3,6 +3,7 @@
  * Text is released to the caller as soon as it cannot be part of a stop string: the longest tail
  * of the pending text that is a prefix of some stop string is held back until the next token
  * decides it. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -128,22 +129,35 @@ static lmoe_status eval_prompt(generation *g, const char *prompt, size_t prompt_
     lmoe_context *ctx = g->ctx;
     const lmoe_model *model = ctx->model;
     bool add_bos = g->p->add_bos && ctx->n_past == 0;
-    size_t n = 0;
-    lmoe_status st = lmoe_tokenize(model, prompt, prompt_len, add_bos, NULL, 0, &n);
-    if (st != LMOE_OK && st != LMOE_ERR_BUFFER_TOO_SMALL) return st;
-    if (n == 0) {
-        RETURN_ERROR_IF(!ctx->logits_valid, LMOE_ERR_MISUSE,
+    /* One tokenize call into a buffer that is always large enough (every token covers at least one
+     * byte of the text or of the dummy-prefix space, and BOS is one more): asking for the size
+     * first would leave that call's "buffer too small" as the thread's last error after a
+     * successful generation. */
+    RETURN_ERROR_IF(prompt_len > SIZE_MAX / sizeof(lmoe_token) - 2, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_generate: the prompt is too long (%zu bytes)", prompt_len);
+    size_t cap = prompt_len + 2, n = 0;
+    lmoe_token *tokens = malloc(cap * sizeof *tokens);
+    RETURN_ERROR_IF(!tokens, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
+    lmoe_status st = lmoe_tokenize(model, prompt, prompt_len, add_bos, tokens, cap, &n);
+    if (st == LMOE_ERR_BUFFER_TOO_SMALL) { /* not expected; n says how many are needed */
+        lmoe_token *more = realloc(tokens, n * sizeof *tokens);
+        st = more ? lmoe_tokenize(model, prompt, prompt_len, add_bos, more, n, &n)
+                  : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
+        if (more) tokens = more;
+    }
+    if (st == LMOE_OK && n == 0 && !ctx->logits_valid)
+        st = lmoe_error(LMOE_ERR_MISUSE,
                         "lmoe_generate: the prompt is empty, BOS is off and the context holds no "
                         "evaluated tokens: there is nothing to generate from");
+    else if (st == LMOE_OK && n > ctx->n_ctx - ctx->n_past)
+        st = lmoe_error(LMOE_ERR_CONTEXT_FULL,
+                        "lmoe_generate: the prompt is %zu tokens; the context has room for %u", n,
+                        ctx->n_ctx - ctx->n_past);
+    if (st != LMOE_OK || n == 0) {
         *last_token = -1;
-        return LMOE_OK;
+        free(tokens);
+        return st;
     }
-    RETURN_ERROR_IF(n > ctx->n_ctx - ctx->n_past, LMOE_ERR_CONTEXT_FULL,
-                    "lmoe_generate: the prompt is %zu tokens; the context has room for %u", n,
-                    ctx->n_ctx - ctx->n_past);
-    lmoe_token *tokens = malloc(n * sizeof *tokens);
-    RETURN_ERROR_IF(!tokens, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
-    st = lmoe_tokenize(model, prompt, prompt_len, add_bos, tokens, n, &n);
     double t0 = now_ms();
     if (st == LMOE_OK) st = lmoe_eval(ctx, tokens, n);
     g->result.prompt_ms = now_ms() - t0;

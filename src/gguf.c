@@ -379,39 +379,50 @@ lmoe_status gguf_open_memory(const void *data, size_t size, gguf_file **out) {
     return finish_open(f, out);
 }
 
+/* Maps and parses an open file descriptor (not closed: the mapping outlives it); name is for
+ * messages. */
+static lmoe_status open_fd(int fd, const char *name, gguf_file **out) {
+    struct stat st;
+    int stat_failed = fstat(fd, &st) != 0;
+    if (stat_failed || !S_ISREG(st.st_mode)) {
+        int err = stat_failed ? errno : 0; /* errno is stale when fstat succeeded */
+        return lmoe_error(LMOE_ERR_IO, "%s: not a regular file%s%s", name, err ? ": " : "",
+                          err ? strerror(err) : "");
+    }
+    RETURN_ERROR_IF(st.st_size == 0, LMOE_ERR_BAD_FILE, "%s: GGUF: the file is empty", name);
+    RETURN_ERROR_IF((uint64_t)st.st_size > SIZE_MAX, LMOE_ERR_BAD_FILE,
+                    "%s: the file is larger than the address space", name);
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    RETURN_ERROR_IF(map == MAP_FAILED, LMOE_ERR_IO, "%s: cannot map: %s", name, strerror(errno));
+    gguf_file *f = calloc(1, sizeof *f);
+    if (!f) {
+        munmap(map, (size_t)st.st_size);
+        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
+    }
+    f->base = map;
+    f->size = (size_t)st.st_size;
+    f->mapped = 1;
+    return lmoe_error_prefix(finish_open(f, out), "%s", name);
+}
+
+lmoe_status gguf_open_fd(int fd, gguf_file **out) {
+    RETURN_ERROR_IF(!out, LMOE_ERR_INVALID_ARGUMENT, "gguf_open_fd: out is NULL");
+    *out = NULL;
+    RETURN_ERROR_IF(fd < 0, LMOE_ERR_INVALID_ARGUMENT, "gguf_open_fd: fd %d is not open", fd);
+    char name[32];
+    snprintf(name, sizeof name, "file descriptor %d", fd);
+    return open_fd(fd, name, out);
+}
+
 lmoe_status gguf_open(const char *path, gguf_file **out) {
     RETURN_ERROR_IF(!out, LMOE_ERR_INVALID_ARGUMENT, "gguf_open: out is NULL");
     *out = NULL;
     RETURN_ERROR_IF(!path, LMOE_ERR_INVALID_ARGUMENT, "gguf_open: path is NULL");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     RETURN_ERROR_IF(fd < 0, LMOE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    int stat_failed = fstat(fd, &st) != 0;
-    if (stat_failed || !S_ISREG(st.st_mode)) {
-        int err = stat_failed ? errno : 0; /* errno is stale when fstat succeeded */
-        close(fd);
-        return lmoe_error(LMOE_ERR_IO, "%s: not a regular file%s%s", path, err ? ": " : "",
-                          err ? strerror(err) : "");
-    }
-    if (st.st_size == 0) {
-        close(fd);
-        return lmoe_error(LMOE_ERR_BAD_FILE, "%s: GGUF: the file is empty", path);
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
+    lmoe_status st = open_fd(fd, path, out);
     close(fd);
-    RETURN_ERROR_IF(map == MAP_FAILED, LMOE_ERR_IO, "%s: cannot map: %s", path,
-                    strerror(map_errno));
-    gguf_file *f = calloc(1, sizeof *f);
-    if (!f) {
-        munmap(map, (size_t)st.st_size);
-        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-    }
-    f->base = map;
-    f->size = (size_t)st.st_size;
-    f->mapped = 1;
-    lmoe_status status = finish_open(f, out);
-    return lmoe_error_prefix(status, "%s", path);
+    return st;
 }
 
 void gguf_close(gguf_file *f) {

@@ -90,6 +90,8 @@ typedef struct gguf_file {
 
 /* Maps and parses the file at path. On failure *out is NULL and the error names the field. */
 lmoe_status gguf_open(const char *path, gguf_file **out);
+/* Maps and parses an open file (read from its start; fd stays the caller's to close, at any time). */
+lmoe_status gguf_open_fd(int fd, gguf_file **out);
 /* Parses a caller's buffer (not copied; must outlive the gguf_file). */
 lmoe_status gguf_open_memory(const void *data, size_t size, gguf_file **out);
 void gguf_close(gguf_file *file);
