@@ -279,6 +279,28 @@ LMOE_API void lmoe_context_reset(lmoe_context *ctx);
  * eval (unless nothing was removed). Expert counts are kept. */
 LMOE_API lmoe_status lmoe_context_truncate(lmoe_context *ctx, uint32_t n_tokens);
 
+/* METHOD: lmoe_context. The bytes lmoe_context_state_save writes now: the KV cache of the tokens
+ * it holds, the logits and the expert counts (0 if ctx is NULL). */
+LMOE_API size_t lmoe_context_state_size(const lmoe_context *ctx);
+
+/* METHOD: lmoe_context. Saves the context's state into buf (buf_size bytes; *written, optional,
+ * receives the size, also when it returns LMOE_ERR_BUFFER_TOO_SMALL). The state starts with a
+ * magic and a version and ends with a checksum; it can be restored into any context of the same
+ * model whose n_ctx holds its tokens, on this machine (the bytes are in its byte order). */
+LMOE_API lmoe_status lmoe_context_state_save(const lmoe_context *ctx, void *buf, size_t buf_size,
+                                             size_t *written);
+
+/* METHOD: lmoe_context. Restores a saved state: the next eval continues after its tokens, and the
+ * logits and expert counts are the saved ones. Everything is checked before the context changes:
+ * a state of another model (LMOE_ERR_INVALID_ARGUMENT), a damaged, truncated or unknown one
+ * (LMOE_ERR_BAD_FILE / LMOE_ERR_UNSUPPORTED), or one longer than n_ctx (LMOE_ERR_CONTEXT_FULL)
+ * leaves the context as it was. */
+LMOE_API lmoe_status lmoe_context_state_load(lmoe_context *ctx, const void *buf, size_t size);
+
+/* METHOD: lmoe_context. The same to and from a file. */
+LMOE_API lmoe_status lmoe_context_state_save_file(const lmoe_context *ctx, const char *path);
+LMOE_API lmoe_status lmoe_context_state_load_file(lmoe_context *ctx, const char *path);
+
 /* METHOD: lmoe_context. Tokens currently in the KV cache, and its capacity. */
 LMOE_API uint32_t lmoe_context_n_tokens(const lmoe_context *ctx);
 LMOE_API uint32_t lmoe_context_n_ctx(const lmoe_context *ctx);

@@ -1,12 +1,17 @@
-/* test_load_rollback.c - models loaded from a file descriptor and from memory, and rolling the KV
- * cache back:
+/* test_load_state.c - models loaded from a file descriptor and from memory, rolling the KV cache
+ * back, and saving and restoring a context's state:
  *   - lmoe_model_load_from_fd and lmoe_model_load_from_memory give the same model as
  *     lmoe_model_load (same info, same logits bit for bit after the same tokens); the fd may be
  *     closed right after loading; a buffer that is not 32-byte aligned, a NULL or empty buffer,
  *     a negative fd, a pipe and a truncated file's bytes are refused with a message;
  *   - lmoe_context_truncate(n) followed by evaluating the removed tokens again gives the logits of
  *     the uninterrupted run, bit for bit; keeping more tokens than the cache holds is refused; after
- *     a truncation that removed tokens the logits are invalid until the next eval.
+ *     a truncation that removed tokens the logits are invalid until the next eval;
+ *   - a context's state saved to memory and to a file and restored into another context (of a
+ *     larger n_ctx) continues exactly as the original: the restored logits, and the logits after
+ *     more tokens, are bit for bit the original's; a state that is too large for the context, from
+ *     another model, truncated, or with one byte changed is refused and leaves the context as it
+ *     was; a too small buffer reports the size needed.
  * Model: stories260K converted from ../shared/models. */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -14,6 +19,7 @@
 #include <unistd.h>
 
 #include "llamamoe.h"
+#include "quantize.h"
 #include "test_util.h"
 
 static lmoe_model_info info_of(const lmoe_model *m) {
@@ -134,13 +140,85 @@ static void test_truncate(const char *path) {
     lmoe_model_free(m);
 }
 
+static void test_state(const char *path, const char *other_model) {
+    lmoe_model *m = NULL, *other = NULL;
+    CHECK_OK(lmoe_model_load(path, NULL, &m));
+    CHECK_OK(lmoe_model_load(other_model, NULL, &other));
+    if (!m || !other) goto out;
+    int32_t n_vocab = info_of(m).n_vocab;
+    lmoe_context_params cp;
+    lmoe_context_default_params(&cp, sizeof cp);
+    cp.n_ctx = 32;
+    cp.n_threads = 1;
+    lmoe_context *a = NULL, *b = NULL, *small = NULL, *foreign = NULL;
+    CHECK_OK(lmoe_context_create(m, &cp, &a));
+    cp.n_ctx = 64;
+    CHECK_OK(lmoe_context_create(m, &cp, &b));
+    cp.n_ctx = 4;
+    CHECK_OK(lmoe_context_create(m, &cp, &small));
+    cp.n_ctx = 32;
+    CHECK_OK(lmoe_context_create(other, &cp, &foreign));
+    if (!a || !b || !small || !foreign) goto free_contexts;
+    CHECK_OK(eval_each(a, tokens, 8));
+    size_t need = 0;
+    CHECK(lmoe_context_state_save(a, NULL, 0, &need) == LMOE_ERR_BUFFER_TOO_SMALL);
+    CHECK(need == lmoe_context_state_size(a) && need > 8 * 1000);
+    unsigned char *state = malloc(need);
+    CHECK_OK(lmoe_context_state_save(a, state, need, NULL));
+    /* restored into a bigger context: same logits now and after more tokens */
+    CHECK_OK(lmoe_context_state_load(b, state, need));
+    CHECK(lmoe_context_n_tokens(b) == 8);
+    CHECK(lmoe_logits(b) && memcmp(lmoe_logits(b), lmoe_logits(a), (size_t)n_vocab * 4) == 0);
+    CHECK_OK(eval_each(a, tokens + 8, N_TOKENS - 8));
+    CHECK_OK(eval_each(b, tokens + 8, N_TOKENS - 8));
+    CHECK(memcmp(lmoe_logits(b), lmoe_logits(a), (size_t)n_vocab * 4) == 0);
+    /* refusals leave the context as it was */
+    CHECK(lmoe_context_state_load(small, state, need) == LMOE_ERR_CONTEXT_FULL);
+    CHECK(lmoe_context_n_tokens(small) == 0);
+    CHECK(lmoe_context_state_load(foreign, state, need) == LMOE_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(lmoe_last_error(), "another model") != NULL, "%s", lmoe_last_error());
+    CHECK(lmoe_context_state_load(b, state, need - 1) == LMOE_ERR_BAD_FILE);
+    state[need / 2] ^= 0x10;
+    CHECK(lmoe_context_state_load(b, state, need) == LMOE_ERR_BAD_FILE);
+    CHECK_MSG(strstr(lmoe_last_error(), "checksum") != NULL, "%s", lmoe_last_error());
+    state[need / 2] ^= 0x10;
+    state[0] = 'X';
+    CHECK(lmoe_context_state_load(b, state, need) == LMOE_ERR_BAD_FILE);
+    CHECK(lmoe_context_n_tokens(b) == N_TOKENS);
+    state[0] = 'L';
+    /* through a file */
+    char file[4096];
+    test_fmt(file, sizeof file, "%s", test_tmp_path("context.state"));
+    CHECK_OK(lmoe_context_state_save_file(a, file));
+    lmoe_context_reset(b);
+    CHECK_OK(lmoe_context_state_load_file(b, file));
+    CHECK(lmoe_context_n_tokens(b) == N_TOKENS);
+    CHECK(memcmp(lmoe_logits(b), lmoe_logits(a), (size_t)n_vocab * 4) == 0);
+    CHECK(lmoe_context_state_load_file(b, test_tmp_path("no-such.state")) == LMOE_ERR_IO);
+    free(state);
+free_contexts:
+    lmoe_context_free(a);
+    lmoe_context_free(b);
+    lmoe_context_free(small);
+    lmoe_context_free(foreign);
+out:
+    lmoe_model_free(m);
+    lmoe_model_free(other);
+}
+
 int main(void) {
     test_require_models();
-    const char *path = test_stories_gguf("load_rollback.gguf");
+    const char *path = test_stories_gguf("load_state.gguf");
     CHECK(path != NULL);
     if (path) {
         test_sources(path);
         test_truncate(path);
+        /* another model with the same shapes: stories260K in f16 */
+        char f16[4096];
+        test_fmt(f16, sizeof f16, "%s", test_tmp_path("load_state_f16.gguf"));
+        quantize_options qo = {.type = GGML_TYPE_F16};
+        CHECK_OK(gguf_quantize(path, f16, &qo));
+        test_state(path, f16);
     }
-    return test_finish("test_load_rollback");
+    return test_finish("test_load_state");
 }
