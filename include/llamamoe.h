@@ -279,6 +279,14 @@ LMOE_API void lmoe_context_reset(lmoe_context *ctx);
  * eval (unless nothing was removed). Expert counts are kept. */
 LMOE_API lmoe_status lmoe_context_truncate(lmoe_context *ctx, uint32_t n_tokens);
 
+/* METHOD: lmoe_context. Makes room when the cache is full: keeps the first n_keep tokens (e.g. BOS
+ * and a system prompt), drops the n_discard after them, and moves the rest down, re-rotating their
+ * keys (RoPE) to their new positions, so generation continues as if the dropped tokens had never
+ * been there (up to float rounding of the re-rotation). n_keep + n_discard must not exceed the
+ * tokens held. The logits stay those of the last token. An explicit call: evaluation never shifts
+ * on its own (it returns LMOE_ERR_CONTEXT_FULL). */
+LMOE_API lmoe_status lmoe_context_shift(lmoe_context *ctx, uint32_t n_keep, uint32_t n_discard);
+
 /* METHOD: lmoe_context. The bytes lmoe_context_state_save writes now: the KV cache of the tokens
  * it holds, the logits and the expert counts (0 if ctx is NULL). */
 LMOE_API size_t lmoe_context_state_size(const lmoe_context *ctx);

@@ -313,6 +313,18 @@ lmoe_status lmoe_context_truncate(lmoe_context *ctx, uint32_t n_tokens) {
     return LMOE_OK;
 }
 
+lmoe_status lmoe_context_shift(lmoe_context *ctx, uint32_t n_keep, uint32_t n_discard) {
+    CHECK_ARG(ctx, "lmoe_context_shift: ctx is NULL");
+    RETURN_ERROR_IF(n_keep > ctx->n_past || n_discard > ctx->n_past - n_keep,
+                    LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_context_shift: keeping %u and dropping %u tokens, but the cache holds %u",
+                    n_keep, n_discard, ctx->n_past);
+    if (n_discard == 0) return LMOE_OK;
+    forward_shift_cache(ctx, n_keep, n_discard);
+    ctx->n_past -= n_discard;
+    return LMOE_OK;
+}
+
 static size_t n_expert_counts(const lmoe_context *ctx) {
     return (size_t)ctx->model->hp.n_layer * ctx->model->hp.n_expert;
 }

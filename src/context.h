@@ -107,6 +107,11 @@ bool weight_is_quantised(weight_ref w);
 /* The sub-matrix starting at row first_row of a matrix with n_cols columns. */
 weight_ref weight_rows(weight_ref w, size_t first_row, size_t n_cols);
 
+/* Removes cache positions [n_keep, n_keep + n_discard) (n_keep + n_discard <= n_past): the later
+ * entries move down by n_discard and their keys are rotated back by n_discard positions, so the
+ * cache reads as if the dropped tokens had never been there. Does not change n_past. */
+void forward_shift_cache(lmoe_context *ctx, uint32_t n_keep, uint32_t n_discard);
+
 /* moe.c */
 /* The MoE FFN of layer il for n_tokens tokens at positions pos0..: routes each row of x
  * (n_tokens, n_embd; normed), runs every selected expert once over its tokens, and writes each

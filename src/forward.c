@@ -364,10 +364,10 @@ static void embedding_row(weight_ref table, size_t row, size_t n_embd, float *ou
  * theta^(-2i/head_dim), the GGUF llama (and original Meta / llama2.c) layout. Every head and both
  * q and k use the same head_dim / 2 angles, so they are computed once per token (the values
  * are the ones run.c computes for every element). */
-static void rope_angles(float *cos_sin, uint32_t head_dim, uint32_t pos, float theta) {
+static void rope_angles(float *cos_sin, uint32_t head_dim, float pos, float theta) {
     for (uint32_t i = 0; i < head_dim; i += 2) {
         float freq = 1.0f / powf(theta, (float)i / (float)head_dim);
-        float angle = (float)pos * freq;
+        float angle = pos * freq;
         cos_sin[i] = cosf(angle);
         cos_sin[i + 1] = sinf(angle);
     }
@@ -381,6 +381,24 @@ static void rope(float *vec, uint32_t n, uint32_t head_dim, const float *cos_sin
             float v0 = vec[h + i], v1 = vec[h + i + 1];
             vec[h + i] = v0 * c - v1 * sn;
             vec[h + i + 1] = v0 * sn + v1 * c;
+        }
+}
+
+void forward_shift_cache(lmoe_context *ctx, uint32_t n_keep, uint32_t n_discard) {
+    const llama_hparams *hp = &ctx->model->hp;
+    forward_state *s = &ctx->state;
+    size_t hd = hp->head_dim, n_move = ctx->n_past - n_keep - n_discard;
+    /* the moved keys were rotated for positions n_discard further on: rotate them back */
+    float *cos_sin = s->rope; /* free between evaluations */
+    rope_angles(cos_sin, hp->head_dim, -(float)n_discard, hp->rope_theta);
+    for (uint32_t l = 0; l < hp->n_layer; l++)
+        for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+            float *k = s->key_cache + cache_offset(ctx, l, h, 0);
+            float *v = s->value_cache + cache_offset(ctx, l, h, 0);
+            memmove(k + n_keep * hd, k + (n_keep + n_discard) * hd, n_move * hd * sizeof(float));
+            memmove(v + n_keep * hd, v + (n_keep + n_discard) * hd, n_move * hd * sizeof(float));
+            for (size_t pos = n_keep; pos < n_keep + n_move; pos++)
+                rope(k + pos * hd, (uint32_t)hd, hp->head_dim, cos_sin);
         }
 }
 

@@ -7,6 +7,11 @@
  *   - lmoe_context_truncate(n) followed by evaluating the removed tokens again gives the logits of
  *     the uninterrupted run, bit for bit; keeping more tokens than the cache holds is refused; after
  *     a truncation that removed tokens the logits are invalid until the next eval;
+ *   - lmoe_context_shift(1, 10) on a full context leaves layer 0's cache (which depends only on
+ *     each token and its position) as a fresh context that never saw the 10 dropped tokens has
+ *     it: values equal, keys within 1e-5 (their RoPE is undone and redone in float); evaluation
+ *     continues; bad counts are refused. (Deeper layers still carry what the dropped tokens
+ *     contributed: that is what a context shift is.)
  *   - a context's state saved to memory and to a file and restored into another context (of a
  *     larger n_ctx) continues exactly as the original: the restored logits, and the logits after
  *     more tokens, are bit for bit the original's; a state that is too large for the context, from
@@ -14,10 +19,13 @@
  *     was; a too small buffer reports the size needed.
  * Model: stories260K converted from ../shared/models. */
 #include <fcntl.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "context.h"
 #include "llamamoe.h"
 #include "quantize.h"
 #include "test_util.h"
@@ -140,6 +148,66 @@ static void test_truncate(const char *path) {
     lmoe_model_free(m);
 }
 
+/* Layer 0's cache rows of positions [0, n) of a context (its keys and values depend only on each
+ * token and its position, not on the tokens before it). */
+static const float *layer0_row(const lmoe_context *ctx, bool values, uint32_t head, uint32_t pos) {
+    const llama_hparams *hp = &ctx->model->hp;
+    const float *cache = values ? ctx->state.value_cache : ctx->state.key_cache;
+    return cache + ((size_t)head * ctx->n_ctx + pos) * hp->head_dim;
+}
+
+static void test_shift(const char *path) {
+    lmoe_model *m = NULL;
+    CHECK_OK(lmoe_model_load(path, NULL, &m));
+    if (!m) return;
+    lmoe_token ids[30];
+    ids[0] = 1;
+    for (int i = 1; i < 30; i++) ids[i] = (lmoe_token)(3 + (i * 197) % 500);
+    lmoe_context_params cp;
+    lmoe_context_default_params(&cp, sizeof cp);
+    cp.n_ctx = 24;
+    cp.n_threads = 1;
+    lmoe_context *a = NULL, *b = NULL;
+    CHECK_OK(lmoe_context_create(m, &cp, &a));
+    cp.n_ctx = 32;
+    CHECK_OK(lmoe_context_create(m, &cp, &b));
+    if (a && b) {
+        CHECK_OK(eval_each(a, ids, 24));
+        CHECK(lmoe_eval(a, ids + 24, 1) == LMOE_ERR_CONTEXT_FULL);
+        CHECK(lmoe_context_shift(a, 20, 5) == LMOE_ERR_INVALID_ARGUMENT);
+        CHECK(lmoe_context_shift(a, 25, 0) == LMOE_ERR_INVALID_ARGUMENT);
+        CHECK(lmoe_context_shift(NULL, 0, 0) == LMOE_ERR_INVALID_ARGUMENT);
+        CHECK_OK(lmoe_context_shift(a, 1, 10));
+        CHECK(lmoe_context_n_tokens(a) == 14);
+        /* the same tokens without the dropped ones, from scratch: layer 0's cache must match */
+        CHECK_OK(eval_each(b, ids, 1));
+        CHECK_OK(eval_each(b, ids + 11, 13));
+        const llama_hparams *hp = &m->hp;
+        float key_err = 0;
+        int value_diff = 0;
+        for (uint32_t h = 0; h < hp->n_head_kv; h++)
+            for (uint32_t pos = 0; pos < 14; pos++) {
+                const float *ka = layer0_row(a, false, h, pos), *kb = layer0_row(b, false, h, pos);
+                for (uint32_t d = 0; d < hp->head_dim; d++) {
+                    float e = fabsf(ka[d] - kb[d]) / (fabsf(kb[d]) + 1.0f);
+                    if (!(e <= key_err)) key_err = e;
+                }
+                value_diff += memcmp(layer0_row(a, true, h, pos), layer0_row(b, true, h, pos),
+                                     hp->head_dim * sizeof(float)) != 0;
+            }
+        CHECK_MSG(key_err < 1e-5f && value_diff == 0, "after shift(1, 10): layer 0 keys differ by "
+                  "%g, %d value rows differ", (double)key_err, value_diff);
+        test_summary("shift(1, 10): layer 0 keys within %.1e of a fresh context's, values equal",
+                     (double)key_err);
+        /* and evaluation goes on */
+        CHECK_OK(eval_each(a, ids + 24, 6));
+        CHECK(lmoe_context_n_tokens(a) == 20 && lmoe_logits(a) != NULL);
+    }
+    lmoe_context_free(a);
+    lmoe_context_free(b);
+    lmoe_model_free(m);
+}
+
 static void test_state(const char *path, const char *other_model) {
     lmoe_model *m = NULL, *other = NULL;
     CHECK_OK(lmoe_model_load(path, NULL, &m));
@@ -213,6 +281,7 @@ int main(void) {
     if (path) {
         test_sources(path);
         test_truncate(path);
+        test_shift(path);
         /* another model with the same shapes: stories260K in f16 */
         char f16[4096];
         test_fmt(f16, sizeof f16, "%s", test_tmp_path("load_state_f16.gguf"));
@@ -220,5 +289,6 @@ int main(void) {
         CHECK_OK(gguf_quantize(path, f16, &qo));
         test_state(path, f16);
     }
+    test_summary_print();
     return test_finish("test_load_state");
 }
