@@ -457,6 +457,36 @@ LMOE_API lmoe_status lmoe_generate(lmoe_context *ctx, lmoe_sampler *sampler, con
                                    size_t prompt_len, const lmoe_generate_params *params,
                                    lmoe_generate_result *result, size_t result_size);
 
+/* Step-wise generation, for a host that must not block (a game loop spreading the work over
+ * frames, a UI thread): the same generation as lmoe_generate, but every lmoe_generation_step
+ * evaluates at most one token, either the next prompt token or the token it samples. */
+typedef struct lmoe_generation lmoe_generation;
+
+/* CONSTRUCTOR: lmoe_generation. Checks params and tokenizes the prompt as lmoe_generate does, but
+ * evaluates nothing. ctx and sampler must outlive the generation and not be used by anything else
+ * until it is freed; params are copied, but the stop strings they point to must stay valid. The
+ * callbacks in params are called from lmoe_generation_step. */
+LMOE_API lmoe_status lmoe_generation_start(lmoe_context *ctx, lmoe_sampler *sampler,
+                                           const char *prompt, size_t prompt_len,
+                                           const lmoe_generate_params *params,
+                                           lmoe_generation **out);
+
+/* METHOD: lmoe_generation. Does the next bit of work: evaluates one prompt token, or samples a token
+ * and evaluates it. *text (optional; *text_len bytes, NUL-terminated, valid until the next call)
+ * receives the text this step released, which can be empty (prompt steps, text held back for a
+ * stop string, incomplete UTF-8). *stopped (optional) becomes the stop reason once generation has
+ * ended; further steps then do nothing. On an error (e.g. LMOE_ERR_ABORTED) nothing is lost but
+ * that step's work, and the step can be retried. */
+LMOE_API lmoe_status lmoe_generation_step(lmoe_generation *gen, const char **text,
+                                          size_t *text_len, lmoe_stop_reason *stopped);
+
+/* METHOD: lmoe_generation. Counts and timings so far, as lmoe_generate reports them. */
+LMOE_API lmoe_status lmoe_generation_result(const lmoe_generation *gen,
+                                            lmoe_generate_result *result, size_t result_size);
+
+/* DESTRUCTOR: lmoe_generation. NULL is a harmless no-op. The context keeps what was evaluated. */
+LMOE_API void lmoe_generation_free(lmoe_generation *gen);
+
 #ifdef __cplusplus
 }
 #endif

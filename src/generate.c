@@ -124,42 +124,57 @@ static lmoe_status check_params(const lmoe_generate_params *p) {
     return LMOE_OK;
 }
 
-static lmoe_status eval_prompt(generation *g, const char *prompt, size_t prompt_len,
-                               lmoe_token *last_token) {
-    lmoe_context *ctx = g->ctx;
+/* The prompt's tokens (BOS first when add_bos and the context is empty) into a malloc'd array:
+ * *tokens is NULL when there are none (allowed only after an evaluation, whose logits continue).
+ * Refuses a prompt that does not fit the context. */
+static lmoe_status tokenize_prompt(lmoe_context *ctx, const char *prompt, size_t prompt_len,
+                                   int add_bos_param, lmoe_token **tokens, size_t *n) {
     const lmoe_model *model = ctx->model;
-    bool add_bos = g->p->add_bos && ctx->n_past == 0;
+    bool add_bos = add_bos_param && ctx->n_past == 0;
+    *tokens = NULL;
+    *n = 0;
     /* One tokenize call into a buffer that is always large enough (every token covers at least one
      * byte of the text or of the dummy-prefix space, and BOS is one more): asking for the size
      * first would leave that call's "buffer too small" as the thread's last error after a
      * successful generation. */
     RETURN_ERROR_IF(prompt_len > SIZE_MAX / sizeof(lmoe_token) - 2, LMOE_ERR_INVALID_ARGUMENT,
                     "lmoe_generate: the prompt is too long (%zu bytes)", prompt_len);
-    size_t cap = prompt_len + 2, n = 0;
-    lmoe_token *tokens = malloc(cap * sizeof *tokens);
-    RETURN_ERROR_IF(!tokens, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
-    lmoe_status st = lmoe_tokenize(model, prompt, prompt_len, add_bos, tokens, cap, &n);
-    if (st == LMOE_ERR_BUFFER_TOO_SMALL) { /* not expected; n says how many are needed */
-        lmoe_token *more = realloc(tokens, n * sizeof *tokens);
-        st = more ? lmoe_tokenize(model, prompt, prompt_len, add_bos, more, n, &n)
+    size_t cap = prompt_len + 2;
+    lmoe_token *t = malloc(cap * sizeof *t);
+    RETURN_ERROR_IF(!t, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
+    lmoe_status st = lmoe_tokenize(model, prompt, prompt_len, add_bos, t, cap, n);
+    if (st == LMOE_ERR_BUFFER_TOO_SMALL) { /* not expected; *n says how many are needed */
+        lmoe_token *more = realloc(t, *n * sizeof *t);
+        st = more ? lmoe_tokenize(model, prompt, prompt_len, add_bos, more, *n, n)
                   : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
-        if (more) tokens = more;
+        if (more) t = more;
     }
-    if (st == LMOE_OK && n == 0 && !ctx->logits_valid)
+    if (st == LMOE_OK && *n == 0 && !ctx->logits_valid)
         st = lmoe_error(LMOE_ERR_MISUSE,
                         "lmoe_generate: the prompt is empty, BOS is off and the context holds no "
                         "evaluated tokens: there is nothing to generate from");
-    else if (st == LMOE_OK && n > ctx->n_ctx - ctx->n_past)
+    else if (st == LMOE_OK && *n > ctx->n_ctx - ctx->n_past)
         st = lmoe_error(LMOE_ERR_CONTEXT_FULL,
-                        "lmoe_generate: the prompt is %zu tokens; the context has room for %u", n,
+                        "lmoe_generate: the prompt is %zu tokens; the context has room for %u", *n,
                         ctx->n_ctx - ctx->n_past);
-    if (st != LMOE_OK || n == 0) {
-        *last_token = -1;
-        free(tokens);
+    if (st != LMOE_OK || *n == 0) {
+        free(t);
         return st;
     }
+    *tokens = t;
+    return LMOE_OK;
+}
+
+/* Tokenizes and evaluates the prompt in one go; *last_token is its last token (-1: none). */
+static lmoe_status eval_prompt(generation *g, const char *prompt, size_t prompt_len,
+                               lmoe_token *last_token) {
+    lmoe_token *tokens = NULL;
+    size_t n = 0;
+    *last_token = -1;
+    FORWARD_IF_ERROR(tokenize_prompt(g->ctx, prompt, prompt_len, g->p->add_bos, &tokens, &n));
+    if (n == 0) return LMOE_OK;
     double t0 = now_ms();
-    if (st == LMOE_OK) st = lmoe_eval(ctx, tokens, n);
+    lmoe_status st = lmoe_eval(g->ctx, tokens, n);
     g->result.prompt_ms = now_ms() - t0;
     if (st == LMOE_OK) {
         for (size_t i = 0; i < n; i++) lmoe_sampler_accept(g->sampler, tokens[i]);
@@ -192,43 +207,57 @@ static lmoe_status emit_token_text(generation *g, lmoe_token token, lmoe_token p
     return LMOE_OK;
 }
 
-static lmoe_status generate_loop(generation *g, lmoe_token prev) {
+/* One generated token: sampled, reported, checked for the stop conditions and turned into text.
+ * index counts the generated tokens from 0; prev is the last evaluated token. Sets *reason when
+ * generation ends with this token; otherwise the caller evaluates it next (the last token is
+ * never evaluated). */
+static lmoe_status next_token(generation *g, int32_t index, lmoe_token prev, lmoe_token *token,
+                              lmoe_stop_reason *reason) {
     lmoe_context *ctx = g->ctx;
     const lmoe_vocab *vocab = &ctx->model->vocab;
-    lmoe_stop_reason reason = LMOE_STOP_MAX_TOKENS;
+    *reason = LMOE_STOP_NONE;
+    FORWARD_IF_ERROR(
+        lmoe_sampler_sample(g->sampler, ctx->state.logits, (int32_t)vocab->n_tokens, token));
+    g->result.n_generated++;
+    lmoe_sampler_accept(g->sampler, *token);
+    bool token_stop = g->p->on_token && g->p->on_token(g->p->user, *token);
+    if (*token == vocab->eos_id) {
+        *reason = LMOE_STOP_EOS;
+        return LMOE_OK;
+    }
+    if (*token == vocab->bos_id && vocab->stop_on_bos) {
+        *reason = LMOE_STOP_BOS;
+        return LMOE_OK;
+    }
+    lmoe_stop_reason text_reason = LMOE_STOP_NONE;
+    FORWARD_IF_ERROR(emit_token_text(g, *token, prev, &text_reason));
+    if (text_reason != LMOE_STOP_NONE || token_stop)
+        *reason = text_reason != LMOE_STOP_NONE ? text_reason : LMOE_STOP_CALLBACK;
+    else if (index + 1 == g->p->max_tokens)
+        *reason = LMOE_STOP_MAX_TOKENS;
+    return LMOE_OK;
+}
+
+/* The end of a generation: held-back text that never became a stop string is text like any
+ * other. */
+static void finish(generation *g, lmoe_status st, lmoe_stop_reason reason, lmoe_token token) {
+    if (reason != LMOE_STOP_STRING) stream_release(&g->text, g->text.n_pending, token);
+    g->result.stop_reason = st == LMOE_OK ? reason : LMOE_STOP_NONE;
+}
+
+static lmoe_status generate_loop(generation *g, lmoe_token prev) {
+    lmoe_stop_reason reason = LMOE_STOP_NONE;
     lmoe_token token = -1;
     double t0 = now_ms();
     lmoe_status st = LMOE_OK;
-    for (int32_t i = 0; i < g->p->max_tokens; i++) {
-        st = lmoe_sampler_sample(g->sampler, ctx->state.logits, (int32_t)vocab->n_tokens, &token);
-        if (st != LMOE_OK) break;
-        g->result.n_generated++;
-        lmoe_sampler_accept(g->sampler, token);
-        bool token_stop = g->p->on_token && g->p->on_token(g->p->user, token);
-        if (token == vocab->eos_id) {
-            reason = LMOE_STOP_EOS;
-            break;
-        }
-        if (token == vocab->bos_id && vocab->stop_on_bos) {
-            reason = LMOE_STOP_BOS;
-            break;
-        }
-        lmoe_stop_reason text_reason = LMOE_STOP_NONE;
-        st = emit_token_text(g, token, prev, &text_reason);
-        if (st != LMOE_OK) break;
-        if (text_reason != LMOE_STOP_NONE || token_stop) {
-            reason = text_reason != LMOE_STOP_NONE ? text_reason : LMOE_STOP_CALLBACK;
-            break;
-        }
-        if (i + 1 == g->p->max_tokens) break;
-        st = lmoe_eval(ctx, &token, 1);
-        if (st != LMOE_OK) break;
+    for (int32_t i = 0; i < g->p->max_tokens && st == LMOE_OK && reason == LMOE_STOP_NONE; i++) {
+        st = next_token(g, i, prev, &token, &reason);
+        if (st == LMOE_OK && reason == LMOE_STOP_NONE) st = lmoe_eval(g->ctx, &token, 1);
         prev = token;
     }
+    if (reason == LMOE_STOP_NONE) reason = LMOE_STOP_MAX_TOKENS; /* max_tokens 0 */
     g->result.generate_ms = now_ms() - t0;
-    /* Held-back text that never became a stop string is text like any other. */
-    if (reason != LMOE_STOP_STRING) stream_release(&g->text, g->text.n_pending, token);
-    g->result.stop_reason = st == LMOE_OK ? reason : LMOE_STOP_NONE;
+    finish(g, st, reason, token);
     return st;
 }
 
@@ -263,4 +292,170 @@ lmoe_status lmoe_generate(lmoe_context *ctx, lmoe_sampler *sampler, const char *
         result->struct_size = sizeof g.result;
     }
     return st;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * step-wise generation: at most one token evaluated per call
+ * ---------------------------------------------------------------------------------------------- */
+
+struct lmoe_generation {
+    generation g;
+    lmoe_generate_params params;     /* the caller's (on_token, max_tokens, ...) */
+    lmoe_generate_params text_params; /* the same with on_text routed through step_text */
+    size_t stop_lens[MAX_STOP_STRINGS];
+    lmoe_token *prompt;              /* prompt tokens, evaluated one per step */
+    size_t n_prompt, next_prompt;
+    lmoe_token prev;                 /* the last evaluated token (-1: none yet) */
+    lmoe_token last;                 /* the last sampled token */
+    int32_t n_sampled;
+    lmoe_stop_reason stopped;        /* LMOE_STOP_NONE while going on */
+    char *out;                       /* text released during the current step */
+    size_t n_out, cap_out;
+    bool out_of_memory;              /* step_text could not keep some text */
+    lmoe_token to_eval;              /* sampled but not evaluated (a step failed): -1 if none */
+    bool keep_out;                   /* out holds text of a failed step, not yet returned */
+};
+
+/* The text stream's on_text in step mode: keeps the text for the step's caller, then passes it to
+ * the caller's on_text if there is one. */
+static int step_text(void *user, const char *text, size_t len, lmoe_token token) {
+    lmoe_generation *gen = user;
+    if (gen->n_out + len + 1 > gen->cap_out) {
+        size_t cap = gen->cap_out ? gen->cap_out * 2 : 256;
+        while (cap < gen->n_out + len + 1) cap *= 2;
+        char *p = realloc(gen->out, cap);
+        if (!p) { /* stops generation; the step reports it */
+            gen->out_of_memory = true;
+            return 1;
+        }
+        gen->out = p;
+        gen->cap_out = cap;
+    }
+    memcpy(gen->out + gen->n_out, text, len);
+    gen->n_out += len;
+    gen->out[gen->n_out] = 0;
+    return gen->params.on_text ? gen->params.on_text(gen->params.user, text, len, token) : 0;
+}
+
+void lmoe_generation_free(lmoe_generation *gen) {
+    if (!gen) return;
+    free(gen->g.text.pending);
+    free(gen->prompt);
+    free(gen->out);
+    free(gen);
+}
+
+lmoe_status lmoe_generation_start(lmoe_context *ctx, lmoe_sampler *sampler, const char *prompt,
+                                  size_t prompt_len, const lmoe_generate_params *params,
+                                  lmoe_generation **out) {
+    RETURN_ERROR_IF(!out, LMOE_ERR_INVALID_ARGUMENT, "lmoe_generation_start: out is NULL");
+    *out = NULL;
+    RETURN_ERROR_IF(!ctx || !sampler, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_generation_start: ctx or sampler is NULL");
+    RETURN_ERROR_IF(!prompt && prompt_len, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_generation_start: prompt is NULL");
+    lmoe_generation *gen = calloc(1, sizeof *gen);
+    RETURN_ERROR_IF(!gen, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generation_start: out of memory");
+    gen->params = generate_defaults;
+    lmoe_status st = params ? params_read(&gen->params, sizeof gen->params, params,
+                                          sizeof generate_defaults, "generate params")
+                            : LMOE_OK;
+    if (st == LMOE_OK) st = check_params(&gen->params);
+    if (st == LMOE_OK) {
+        for (size_t i = 0; i < gen->params.n_stop_strings; i++)
+            gen->stop_lens[i] = strlen(gen->params.stop_strings[i]);
+        /* the text stream passes text to text_params.on_text: step_text keeps it for the step's
+         * caller and calls the caller's on_text; on_token keeps the caller's user pointer */
+        gen->text_params = gen->params;
+        gen->text_params.on_text = step_text;
+        gen->text_params.user = gen;
+        gen->g = (generation){ctx, sampler, &gen->params,
+                              {&gen->text_params, gen->stop_lens, NULL, 0, 0},
+                              {.struct_size = sizeof gen->g.result}};
+        st = tokenize_prompt(ctx, prompt ? prompt : "", prompt_len, gen->params.add_bos,
+                             &gen->prompt, &gen->n_prompt);
+    }
+    if (st != LMOE_OK) {
+        lmoe_generation_free(gen);
+        return st;
+    }
+    gen->prev = -1;
+    gen->to_eval = -1;
+    *out = gen;
+    return LMOE_OK;
+}
+
+/* Evaluates one token in step mode; on success it becomes prev and the step's text is returned. */
+static lmoe_status step_eval(lmoe_generation *gen, lmoe_token token, double *ms) {
+    double t0 = now_ms();
+    lmoe_status st = lmoe_eval(gen->g.ctx, &token, 1);
+    *ms += now_ms() - t0;
+    if (st != LMOE_OK) {
+        gen->to_eval = token; /* the next step retries it; the text made so far is kept */
+        gen->keep_out = true;
+        return st;
+    }
+    gen->to_eval = -1;
+    gen->keep_out = false;
+    gen->prev = token;
+    return LMOE_OK;
+}
+
+lmoe_status lmoe_generation_step(lmoe_generation *gen, const char **text, size_t *text_len,
+                                 lmoe_stop_reason *stopped) {
+    RETURN_ERROR_IF(!gen, LMOE_ERR_INVALID_ARGUMENT, "lmoe_generation_step: gen is NULL");
+    if (!gen->keep_out) gen->n_out = 0;
+    if (gen->out) gen->out[gen->n_out] = 0;
+    if (text) *text = "";
+    if (text_len) *text_len = 0;
+    if (stopped) *stopped = gen->stopped;
+    if (gen->stopped != LMOE_STOP_NONE) return LMOE_OK; /* finished: nothing more to do */
+    lmoe_status st = LMOE_OK;
+    lmoe_stop_reason reason = LMOE_STOP_NONE;
+    if (gen->to_eval >= 0) { /* a failed step's token */
+        st = step_eval(gen, gen->to_eval, &gen->g.result.generate_ms);
+    } else if (gen->next_prompt < gen->n_prompt) { /* one prompt token */
+        lmoe_token t = gen->prompt[gen->next_prompt];
+        double t0 = now_ms();
+        st = lmoe_eval(gen->g.ctx, &t, 1);
+        gen->g.result.prompt_ms += now_ms() - t0;
+        if (st == LMOE_OK) {
+            lmoe_sampler_accept(gen->g.sampler, t);
+            gen->g.result.n_prompt_tokens++;
+            gen->next_prompt++;
+            gen->prev = t;
+        }
+    } else if (gen->n_sampled < gen->params.max_tokens) { /* sample a token, then evaluate it */
+        double t0 = now_ms();
+        st = next_token(&gen->g, gen->n_sampled++, gen->prev, &gen->last, &reason);
+        gen->g.result.generate_ms += now_ms() - t0;
+        if (st == LMOE_OK && gen->out_of_memory)
+            st = lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_generation_step: out of memory for text");
+        if (st == LMOE_OK && reason == LMOE_STOP_NONE)
+            st = step_eval(gen, gen->last, &gen->g.result.generate_ms);
+    } else {
+        reason = LMOE_STOP_MAX_TOKENS; /* max_tokens 0 */
+    }
+    if (st != LMOE_OK) return st;
+    if (reason != LMOE_STOP_NONE) {
+        finish(&gen->g, st, reason, gen->last);
+        gen->stopped = reason;
+    }
+    if (text) *text = gen->out ? gen->out : "";
+    if (text_len) *text_len = gen->n_out;
+    if (stopped) *stopped = gen->stopped;
+    return LMOE_OK;
+}
+
+lmoe_status lmoe_generation_result(const lmoe_generation *gen, lmoe_generate_result *result,
+                                   size_t result_size) {
+    RETURN_ERROR_IF(!gen || !result, LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_generation_result: gen or result is NULL");
+    RETURN_ERROR_IF(result_size < sizeof(lmoe_generate_result), LMOE_ERR_INVALID_ARGUMENT,
+                    "lmoe_generation_result: result_size %zu is smaller than the struct (%zu)",
+                    result_size, sizeof(lmoe_generate_result));
+    memcpy(result, &gen->g.result, sizeof gen->g.result);
+    result->struct_size = sizeof gen->g.result;
+    result->stop_reason = gen->stopped;
+    return LMOE_OK;
 }
