@@ -1,0 +1,3 @@
+module github.com/libllamamoe/llamamoe/bindings/go
+
+go 1.17
