@@ -337,6 +337,17 @@ LMOE_API const lmoe_model *lmoe_context_model(const lmoe_context *ctx);
  * call, and lmoe_logits returns NULL until the next successful eval. */
 LMOE_API lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_tokens);
 
+/* Advances n_streams contexts of one model by one token each (tokens[i] for ctxs[i], at the end of
+ * what ctxs[i] holds) in a single forward pass, so the weights are read once for all of them:
+ * decoding is bound by reading the weights, so 4 streams cost far less than 4 times one
+ * (bench/bench_streams; docs/PERFORMANCE.md, "Several streams"). Each stream's cache, logits, routing callback and expert
+ * counts are its own; results equal lmoe_eval of each token alone up to float rounding. The first
+ * context's thread pool, kernels and abort callback do the work, and its n_batch bounds n_streams;
+ * the contexts must be distinct, and none of them may be in use on another thread. If a context is
+ * full nothing is evaluated (LMOE_ERR_CONTEXT_FULL naming the stream). */
+LMOE_API lmoe_status lmoe_eval_streams(lmoe_context *const *ctxs, const lmoe_token *tokens,
+                                       size_t n_streams);
+
 /* METHOD: lmoe_context. The n_vocab logits computed by the last successful lmoe_eval, or NULL if
  * there was none since creation or reset. Owned by the context; valid until the next eval, reset or
  * free of that context. */

@@ -388,6 +388,76 @@ lmoe_status lmoe_eval(lmoe_context *ctx, const lmoe_token *tokens, size_t n_toke
     return LMOE_OK;
 }
 
+/* Checks a call of lmoe_eval_streams before anything changes. */
+static lmoe_status check_streams(lmoe_context *const *ctxs, const lmoe_token *tokens, size_t n) {
+    CHECK_ARG(ctxs && tokens, "lmoe_eval_streams: ctxs or tokens is NULL");
+    CHECK_ARG(n > 0, "lmoe_eval_streams: no streams");
+    CHECK_ARG(ctxs[0], "lmoe_eval_streams: stream 0 has no context");
+    const lmoe_context *lead = ctxs[0];
+    CHECK_ARG(n <= lead->state.n_batch,
+              "lmoe_eval_streams: %zu streams; at most the first context's n_batch (%u)", n,
+              lead->state.n_batch);
+    uint32_t n_vocab = lead->model->hp.n_vocab;
+    for (size_t i = 0; i < n; i++) {
+        CHECK_ARG(ctxs[i], "lmoe_eval_streams: stream %zu has no context", i);
+        CHECK_ARG(ctxs[i]->model == lead->model,
+                  "lmoe_eval_streams: stream %zu's context belongs to another model", i);
+        for (size_t j = 0; j < i; j++)
+            CHECK_ARG(ctxs[j] != ctxs[i], "lmoe_eval_streams: streams %zu and %zu are the same "
+                      "context", j, i);
+        RETURN_ERROR_IF(ctxs[i]->n_past >= ctxs[i]->n_ctx, LMOE_ERR_CONTEXT_FULL,
+                        "lmoe_eval_streams: stream %zu's context is full (%u tokens)", i,
+                        ctxs[i]->n_ctx);
+        CHECK_ARG(tokens[i] >= 0 && (uint32_t)tokens[i] < n_vocab,
+                  "lmoe_eval_streams: token %zu is %d, outside the vocabulary of %u", i,
+                  (int)tokens[i], n_vocab);
+    }
+    return LMOE_OK;
+}
+
+lmoe_status lmoe_eval_streams(lmoe_context *const *ctxs, const lmoe_token *tokens,
+                              size_t n_streams) {
+    FORWARD_IF_ERROR(check_streams(ctxs, tokens, n_streams));
+    lmoe_context *lead = ctxs[0];
+    const lmoe_model *m = lead->model;
+    size_t n = n_streams, dim = m->hp.n_embd, n_vocab = m->hp.n_vocab;
+    uint32_t *pos = malloc(n * sizeof *pos);
+    float *logits = malloc(n * n_vocab * sizeof *logits);
+    if (!pos || !logits) {
+        free(pos);
+        free(logits);
+        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_eval_streams: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        pos[i] = ctxs[i]->n_past;
+        ctxs[i]->logits_valid = false;
+    }
+    /* one pass over the weights for every stream's token; each row keeps its own cache */
+    lead->state.row_ctx = ctxs;
+    lead->state.row_pos = pos;
+    lmoe_status st = forward_batch(lead, tokens, (uint32_t)n, 0, false);
+    lead->state.row_ctx = NULL;
+    lead->state.row_pos = NULL;
+    if (st == LMOE_OK) {
+        forward_state *s = &lead->state;
+        for (size_t i = 0; i < n; i++)
+            lead->kernels->rmsnorm(s->x + i * dim, s->x + i * dim, m->output_norm, dim,
+                                   m->hp.rms_eps);
+        forward_matmul(lead, m->output, s->x, dim, logits, n_vocab, n, n_vocab, dim);
+    }
+    for (size_t i = 0; i < n; i++) {
+        lmoe_context *ctx = ctxs[i];
+        commit_expert_counts(ctx, st == LMOE_OK);
+        if (st != LMOE_OK) continue;
+        memcpy(ctx->state.logits, logits + i * n_vocab, n_vocab * sizeof *logits);
+        ctx->n_past++;
+        ctx->logits_valid = true;
+    }
+    free(pos);
+    free(logits);
+    return st;
+}
+
 const float *lmoe_logits(const lmoe_context *ctx) {
     return ctx && ctx->logits_valid ? ctx->state.logits : NULL;
 }

@@ -52,6 +52,10 @@ typedef struct forward_state {
     float *expert_out;   /* (B, n_embd) that expert's outputs before weighting */
     uint32_t *group;     /* (B) token index of each gathered row */
     float *group_weights; /* (B) its combine weight */
+    /* Several streams in one pass (lmoe_eval_streams): row t belongs to context row_ctx[t] at
+     * position row_pos[t]; NULL for an ordinary batch of this context's tokens. */
+    lmoe_context *const *row_ctx;
+    const uint32_t *row_pos;
 } forward_state;
 
 /* What the construction tools see of a dense model's FFNs on calibration text (not public API):
@@ -78,6 +82,14 @@ struct lmoe_context {
     forward_ffn_observer ffn_observer;  /* NULL unless a tool set it */
     void *ffn_observer_user;
 };
+
+/* The context whose cache, callbacks and counts row t of a batch belongs to, and its position. */
+static inline lmoe_context *forward_row_ctx(lmoe_context *ctx, uint32_t t) {
+    return ctx->state.row_ctx ? ctx->state.row_ctx[t] : ctx;
+}
+static inline uint32_t forward_row_pos(const lmoe_context *ctx, uint32_t pos0, uint32_t t) {
+    return ctx->state.row_pos ? ctx->state.row_pos[t] : pos0 + t;
+}
 
 /* forward.c */
 lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, const lmoe_kernels *k,

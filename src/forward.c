@@ -406,6 +406,23 @@ void forward_shift_cache(lmoe_context *ctx, uint32_t n_keep, uint32_t n_discard)
  * the forward pass
  * ---------------------------------------------------------------------------------------------- */
 
+/* The batch's keys (or values) in xb2 (n, n_embd_kv) into the cache: the context's at pos0.., or
+ * each row's own context at its position when several streams are evaluated together. */
+static void store_keys_values(lmoe_context *ctx, uint32_t il, uint32_t pos0, uint32_t n,
+                              bool values) {
+    forward_state *s = &ctx->state;
+    if (!s->row_ctx) {
+        cache_store(ctx, values ? s->value_cache : s->key_cache, il, pos0, s->xb2, n);
+        return;
+    }
+    size_t kv_dim = ctx->model->hp.n_embd_kv;
+    for (uint32_t t = 0; t < n; t++) {
+        lmoe_context *row = s->row_ctx[t];
+        cache_store(row, values ? row->state.value_cache : row->state.key_cache, il,
+                    s->row_pos[t], s->xb2 + t * kv_dim, 1);
+    }
+}
+
 /* Below this many tokens the per-token steps run on the calling thread. */
 #define TOKEN_PARALLEL_MIN 16u
 
@@ -465,7 +482,8 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
     for (uint32_t t = 0; t < n; t++) embedding_row(m->tok_embd, (size_t)tokens[t], dim, s->x + t * dim);
 
     for (uint32_t t = 0; t < n; t++)
-        rope_angles(s->rope + (size_t)t * hp->head_dim, hp->head_dim, pos0 + t, hp->rope_theta);
+        rope_angles(s->rope + (size_t)t * hp->head_dim, hp->head_dim,
+                    (float)forward_row_pos(ctx, pos0, t), hp->rope_theta);
 
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         if (ctx->abort_fn && ctx->abort_fn(ctx->abort_user))
@@ -481,13 +499,18 @@ lmoe_status forward_batch(lmoe_context *ctx, const lmoe_token *tokens, uint32_t 
             rope(s->q + t * dim, (uint32_t)dim, hp->head_dim, angles);
             rope(s->xb2 + t * kv_dim, (uint32_t)kv_dim, hp->head_dim, angles);
         }
-        cache_store(ctx, s->key_cache, il, pos0, s->xb2, n);
+        store_keys_values(ctx, il, pos0, n, false);
         forward_matmul_same_input(ctx, l->wv, s->xb, dim, s->xb2, kv_dim, n, kv_dim, dim);
-        cache_store(ctx, s->value_cache, il, pos0, s->xb2, n);
+        store_keys_values(ctx, il, pos0, n, true);
 
         /* causal attention over positions 0..pos into xb (the whole batch's keys are in the
          * cache already; a token looks only at those up to its own position) */
-        attention(ctx, il, pos0, n, s->q, s->xb);
+        if (s->row_ctx) /* several streams: each row attends to its own context's cache */
+            for (uint32_t t = 0; t < n; t++)
+                attention(s->row_ctx[t], il, s->row_pos[t], 1, s->q + (size_t)t * dim,
+                          s->xb + (size_t)t * dim);
+        else
+            attention(ctx, il, pos0, n, s->q, s->xb);
 
         /* output projection and residual */
         forward_matmul(ctx, l->wo, s->xb, dim, s->xb2, dim, n, dim, dim);

@@ -69,7 +69,8 @@ static void routing_weights(lmoe_context *ctx, const layer_weights *l, float *lo
     for (uint32_t i = 0; i < k; i++) weights[i] *= l->expert_scale;
 }
 
-/* Routes every token of the batch, reporting each decision. */
+/* Routes every token of the batch, reporting each decision to the token's context (its routing
+ * callback and its pending expert counts). */
 static void route(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, uint32_t n) {
     const llama_hparams *hp = &ctx->model->hp;
     const layer_weights *l = &ctx->model->layers[il];
@@ -82,9 +83,12 @@ static void route(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x,
         float *weights = s->selected_weights + (size_t)t * k;
         top_k(logits, hp->n_expert, k, selected);
         routing_weights(ctx, l, logits, selected, weights);
-        if (ctx->routing_fn)
-            ctx->routing_fn(ctx->routing_user, (int32_t)il, pos0 + t, selected, weights,
-                            (int32_t)k);
+        lmoe_context *owner = forward_row_ctx(ctx, t);
+        uint64_t *counts = owner->expert_counts_pending + (size_t)il * hp->n_expert;
+        for (uint32_t i = 0; i < k; i++) counts[selected[i]]++;
+        if (owner->routing_fn)
+            owner->routing_fn(owner->routing_user, (int32_t)il, forward_row_pos(ctx, pos0, t),
+                              selected, weights, (int32_t)k);
     }
 }
 
@@ -251,8 +255,6 @@ static void decode_experts(lmoe_context *ctx, uint32_t il, const float *x, float
         for (uint32_t slot = 0; slot < job.k; slot++)
             ctx->kernels->quantize_q8_0(s->hb + slot * n_ff, s->x_q8 + slot * (n_ff / LMOE_QK), n_ff);
     run_region(ctx, dim, job.k * n_ff * dim, decode_down, &job);
-    uint64_t *counts = ctx->expert_counts_pending + (size_t)il * hp->n_expert;
-    for (uint32_t slot = 0; slot < job.k; slot++) counts[job.experts[slot]]++;
 }
 
 /* Gathered rows [begin, end) of expert_out, weighted, added to their tokens' rows of out (a
@@ -278,7 +280,6 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
         return;
     }
     memset(out, 0, (size_t)n * dim * sizeof(float));
-    uint64_t *counts = ctx->expert_counts_pending + (size_t)il * hp->n_expert;
     for (uint32_t e = 0; e < hp->n_expert; e++) {
         uint32_t m = gather(ctx, e, x, n);
         if (m == 0) continue;
@@ -286,6 +287,5 @@ void moe_ffn(lmoe_context *ctx, uint32_t il, uint32_t pos0, const float *x, floa
         /* scatter-add: each token's out gains weight * this expert's output */
         rows_job job = {ctx, NULL, out};
         for_rows(ctx, m, scatter_rows, &job);
-        counts[e] += m;
     }
 }
