@@ -16,6 +16,7 @@
  * Restoring checks all of it before changing the context: a state from another model, a
  * truncated or altered buffer, or one too long for the context is refused with a message. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,14 @@ typedef struct state_header {
     uint32_t n_tokens, n_layer, n_head_kv, head_dim, n_vocab, n_expert, flags;
     uint64_t fingerprint;
 } state_header;
+
+/* The header's u32 fields in file order, after the magic and the version. */
+#define HEADER_U32S 7
+static void header_u32s(state_header *h, uint32_t *fields[HEADER_U32S]) {
+    uint32_t *in_order[HEADER_U32S] = {&h->n_tokens, &h->n_layer,  &h->n_head_kv, &h->head_dim,
+                                       &h->n_vocab,  &h->n_expert, &h->flags};
+    memcpy(fields, in_order, sizeof in_order);
+}
 
 static uint64_t model_fingerprint(const lmoe_model *m) {
     return m->n_params * 0x9E3779B97F4A7C15ull ^ m->n_bytes;
@@ -84,6 +93,34 @@ static size_t cache_at(const lmoe_context *ctx, uint32_t layer, uint32_t head) {
     return (((size_t)layer * hp->n_head_kv + head) * ctx->n_ctx) * hp->head_dim;
 }
 
+/* The payload after the header, one layout for both directions: the keys and values of the
+ * tokens held, the logits when valid, the expert counts. Copies the context into bytes (save) or
+ * bytes into the context (restore); returns the end of the payload in bytes. */
+static uint8_t *transfer_payload(lmoe_context *ctx, const state_header *h, uint8_t *bytes,
+                                 bool restore) {
+    size_t rows = (size_t)h->n_tokens * h->head_dim * sizeof(float);
+    size_t n_counts = (size_t)h->n_layer * h->n_expert * sizeof(uint64_t);
+    void *parts[2 + 2] = {NULL, NULL, h->flags & 1 ? ctx->state.logits : NULL,
+                          h->n_expert ? ctx->expert_counts : NULL};
+    size_t sizes[2 + 2] = {0, 0, (size_t)h->n_vocab * sizeof(float), n_counts};
+    for (int which = 0; which < 2; which++) {
+        float *cache = which ? ctx->state.value_cache : ctx->state.key_cache;
+        for (uint32_t l = 0; l < h->n_layer; l++)
+            for (uint32_t k = 0; k < h->n_head_kv; k++, bytes += rows) {
+                float *at = cache + cache_at(ctx, l, k);
+                if (restore) memcpy(at, bytes, rows);
+                else memcpy(bytes, at, rows);
+            }
+    }
+    for (int i = 2; i < 4; i++) {
+        if (!parts[i]) continue;
+        if (restore) memcpy(parts[i], bytes, sizes[i]);
+        else memcpy(bytes, parts[i], sizes[i]);
+        bytes += sizes[i];
+    }
+    return bytes;
+}
+
 lmoe_status lmoe_context_state_save(const lmoe_context *ctx, void *buf, size_t buf_size,
                                     size_t *written) {
     RETURN_ERROR_IF(!ctx, LMOE_ERR_INVALID_ARGUMENT, "lmoe_context_state_save: ctx is NULL");
@@ -97,23 +134,12 @@ lmoe_status lmoe_context_state_save(const lmoe_context *ctx, void *buf, size_t b
     uint32_t version = STATE_VERSION;
     p = put(p, STATE_MAGIC, 8);
     p = put(p, &version, 4);
-    p = put(p, &h.n_tokens, 4);
-    p = put(p, &h.n_layer, 4);
-    p = put(p, &h.n_head_kv, 4);
-    p = put(p, &h.head_dim, 4);
-    p = put(p, &h.n_vocab, 4);
-    p = put(p, &h.n_expert, 4);
-    p = put(p, &h.flags, 4);
+    uint32_t *fields[HEADER_U32S];
+    header_u32s(&h, fields);
+    for (int i = 0; i < HEADER_U32S; i++) p = put(p, fields[i], 4);
     p = put(p, &h.fingerprint, 8);
-    size_t rows = (size_t)h.n_tokens * h.head_dim * sizeof(float);
-    for (int which = 0; which < 2; which++) {
-        const float *cache = which ? ctx->state.value_cache : ctx->state.key_cache;
-        for (uint32_t l = 0; l < h.n_layer; l++)
-            for (uint32_t k = 0; k < h.n_head_kv; k++) p = put(p, cache + cache_at(ctx, l, k), rows);
-    }
-    if (h.flags & 1) p = put(p, ctx->state.logits, (size_t)h.n_vocab * sizeof(float));
-    if (h.n_expert)
-        p = put(p, ctx->expert_counts, (size_t)h.n_layer * h.n_expert * sizeof(uint64_t));
+    /* saving only reads the context: the cast lets one function serve both directions */
+    p = transfer_payload((lmoe_context *)ctx, &h, p, false);
     uint64_t hash = fnv1a(buf, (size_t)(p - (uint8_t *)buf));
     put(p, &hash, 8);
     return LMOE_OK;
@@ -137,13 +163,9 @@ lmoe_status lmoe_context_state_load(lmoe_context *ctx, const void *buf, size_t s
     RETURN_ERROR_IF(version != STATE_VERSION, LMOE_ERR_UNSUPPORTED,
                     "context state: version %u; this library reads version %u", version,
                     STATE_VERSION);
-    p = get(p, &h.n_tokens, 4);
-    p = get(p, &h.n_layer, 4);
-    p = get(p, &h.n_head_kv, 4);
-    p = get(p, &h.head_dim, 4);
-    p = get(p, &h.n_vocab, 4);
-    p = get(p, &h.n_expert, 4);
-    p = get(p, &h.flags, 4);
+    uint32_t *fields[HEADER_U32S];
+    header_u32s(&h, fields);
+    for (int i = 0; i < HEADER_U32S; i++) p = get(p, fields[i], 4);
     p = get(p, &h.fingerprint, 8);
     state_header mine = header_of(ctx);
     RETURN_ERROR_IF(h.n_layer != mine.n_layer || h.n_head_kv != mine.n_head_kv ||
@@ -165,15 +187,7 @@ lmoe_status lmoe_context_state_load(lmoe_context *ctx, const void *buf, size_t s
     RETURN_ERROR_IF(hash != fnv1a(buf, size - 8), LMOE_ERR_BAD_FILE,
                     "context state: the checksum does not match (damaged or altered)");
     /* valid: only now is the context changed */
-    size_t rows = (size_t)h.n_tokens * h.head_dim * sizeof(float);
-    for (int which = 0; which < 2; which++) {
-        float *cache = which ? ctx->state.value_cache : ctx->state.key_cache;
-        for (uint32_t l = 0; l < h.n_layer; l++)
-            for (uint32_t k = 0; k < h.n_head_kv; k++) p = get(p, cache + cache_at(ctx, l, k), rows);
-    }
-    if (h.flags & 1) p = get(p, ctx->state.logits, (size_t)h.n_vocab * sizeof(float));
-    if (h.n_expert)
-        get(p, ctx->expert_counts, (size_t)h.n_layer * h.n_expert * sizeof(uint64_t));
+    transfer_payload(ctx, &h, (uint8_t *)p, true);
     ctx->n_past = h.n_tokens;
     ctx->logits_valid = h.flags & 1;
     return LMOE_OK;

@@ -89,6 +89,7 @@ typedef struct moefy_run {
     uint32_t n_embd, n_ff, E, K, expert_size, shared_size;
     moefy_calib calib;       /* n_tokens 0 without calibration */
     layer_plan *layers;      /* [n_layer] */
+    float **importance;      /* [n_layer] (E, n_ff) of the sharing methods, once computed */
 } moefy_run;
 
 /* A seed for one layer and one purpose, so layers do not repeat each other. */
@@ -211,6 +212,30 @@ static void ffn_output(const dense_ffn *d, uint32_t n_embd, const float *h, cons
     }
 }
 
+/* Layer il's neuron importance to each token group (computed once, kept in run->importance). */
+static lmoe_status layer_importance(moefy_run *run, uint32_t il, const dense_ffn *d,
+                                    const float **out) {
+    if (!run->importance) {
+        run->importance = calloc(run->calib.n_layer, sizeof *run->importance);
+        RETURN_ERROR_IF(!run->importance, LMOE_ERR_OUT_OF_MEMORY, "moefy: out of memory");
+    }
+    if (!run->importance[il]) {
+        float *imp = malloc((size_t)run->E * run->n_ff * sizeof(float));
+        RETURN_ERROR_IF(!imp, LMOE_ERR_OUT_OF_MEMORY, "moefy: out of memory");
+        const moefy_calib *c = &run->calib;
+        lmoe_status st = moefy_importance(c->x[il], c->h[il], c->n_tokens, run->n_embd, run->n_ff,
+                                          d->down_norm, run->E, layer_seed(run->o->seed, il, 0),
+                                          imp, NULL);
+        if (st != LMOE_OK) {
+            free(imp);
+            return st;
+        }
+        run->importance[il] = imp;
+    }
+    *out = run->importance[il];
+    return LMOE_OK;
+}
+
 /* The routed experts' neurons (and the shared expert's) of one layer. */
 static lmoe_status split_layer(moefy_run *run, uint32_t il, const dense_ffn *d,
                                layer_plan *p) {
@@ -229,18 +254,12 @@ static lmoe_status split_layer(moefy_run *run, uint32_t il, const dense_ffn *d,
     case MOEFY_METHOD_SHARING_INTER:
         break;
     }
-    float *importance = malloc((size_t)E * n_ff * sizeof(float));
-    RETURN_ERROR_IF(!importance, LMOE_ERR_OUT_OF_MEMORY, "moefy: out of memory");
-    lmoe_status st = moefy_importance(c->x[il], c->h[il], c->n_tokens, run->n_embd, n_ff,
-                                      d->down_norm, E, seed, importance, NULL);
-    if (st == LMOE_OK && o->method == MOEFY_METHOD_SHARING_INNER)
-        st = moefy_split_sharing_inner(importance, n_ff, E, run->expert_size, p->experts);
-    if (st == LMOE_OK && o->method == MOEFY_METHOD_SHARING_INTER) {
-        uint32_t shared = run->shared_size;
-        st = moefy_split_sharing_inter(importance, n_ff, E, &shared, p->shared, p->experts);
-    }
-    free(importance);
-    return st;
+    const float *importance;
+    FORWARD_IF_ERROR(layer_importance(run, il, d, &importance));
+    if (o->method == MOEFY_METHOD_SHARING_INNER)
+        return moefy_split_sharing_inner(importance, n_ff, E, run->expert_size, p->experts);
+    uint32_t shared = run->shared_size;
+    return moefy_split_sharing_inter(importance, n_ff, E, &shared, p->shared, p->experts);
 }
 
 /* Each calibration token's output of every expert, as its L2 norm: targets (n_tokens, E). */
@@ -427,10 +446,9 @@ static lmoe_status plan_layer(moefy_run *run, uint32_t il) {
  * mean for all (the file has one shared width). */
 static lmoe_status choose_shared_size(moefy_run *run) {
     uint32_t n_ff = run->n_ff, E = run->E;
-    float *importance = malloc((size_t)E * n_ff * sizeof(float));
     uint32_t *shared = malloc(n_ff * sizeof *shared), *experts = malloc(n_ff * sizeof *experts);
     dense_ffn d = {0};
-    lmoe_status st = importance && shared && experts
+    lmoe_status st = shared && experts
                          ? LMOE_OK
                          : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "moefy: out of memory");
     uint64_t total = 0;
@@ -438,9 +456,8 @@ static lmoe_status choose_shared_size(moefy_run *run) {
         st = dense_ffn_load(&run->model->layers[il], n_ff, run->n_embd, &d);
         if (st != LMOE_OK) break;
         uint32_t size = MOEFY_SHARED_AUTO;
-        st = moefy_importance(run->calib.x[il], run->calib.h[il], run->calib.n_tokens, run->n_embd,
-                              n_ff, d.down_norm, E, layer_seed(run->o->seed, il, 0), importance,
-                              NULL);
+        const float *importance; /* kept for split_layer */
+        st = layer_importance(run, il, &d, &importance);
         if (st == LMOE_OK) st = moefy_split_sharing_inter(importance, n_ff, E, &size, shared, experts);
         dense_ffn_free(&d);
         total += size;
@@ -450,7 +467,6 @@ static lmoe_status choose_shared_size(moefy_run *run) {
         while ((n_ff - size) % E) size++; /* the layers' sizes are all valid, so this ends */
         run->shared_size = size;
     }
-    free(importance);
     free(shared);
     free(experts);
     return st;
@@ -744,6 +760,8 @@ lmoe_status moefy_convert(const char *dense_path, const char *out_path, const mo
             free(run.layers[il].gate);
         }
     free(run.layers);
+    for (uint32_t il = 0; run.importance && il < run.calib.n_layer; il++) free(run.importance[il]);
+    free(run.importance);
     moefy_calib_free(&run.calib);
     lmoe_model_free(model);
     return st;

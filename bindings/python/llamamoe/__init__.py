@@ -122,7 +122,37 @@ def _make_log_fn(log_fn):
 # Model
 # ------------------------------------------------------------------------------------------------
 
-class Model:
+class _Owned:
+    """What Model, Context and Sampler share: a library handle freed by close() (idempotent), a
+    context manager, and an Error for use after close. Subclasses set _kind and close()."""
+
+    _kind = "object"
+    _handle = None
+
+    @property
+    def closed(self):
+        """True once close() has run."""
+        return self._handle is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _h(self):
+        if self._handle is None:
+            raise Error(_lib.LMOE_ERR_MISUSE, "the %s is closed" % self._kind)
+        return self._handle
+
+
+class Model(_Owned):
     """A loaded, immutable GGUF model (lmoe_model).
 
     Args:
@@ -135,6 +165,8 @@ class Model:
     Use as a context manager or call close(). A model may be shared by many Contexts; closing the
     model closes the contexts still open on it first.
     """
+
+    _kind = "model"
 
     def __init__(self, path, vocab_only=False, log_fn=None, log_level=None):
         self._handle = None
@@ -173,28 +205,6 @@ class Model:
                 ctx.close()
             _lib.lib().lmoe_model_free(self._handle)
             self._handle = None
-
-    @property
-    def closed(self):
-        """True once close() has run."""
-        return self._handle is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if self._handle is None:
-            raise Error(_lib.LMOE_ERR_MISUSE, "the model is closed")
-        return self._handle
 
     def __repr__(self):
         if self._handle is None:
@@ -310,18 +320,19 @@ class Model:
         _check(status)
         return buf.raw[:n.value]
 
-
 # ------------------------------------------------------------------------------------------------
 # Sampler
 # ------------------------------------------------------------------------------------------------
 
-class Sampler:
+class Sampler(_Owned):
     """Turns logits into the next token (lmoe_sampler).
 
     Every argument left as None keeps the library default (temperature 1.0, top_k 0 (off),
     top_p 0.9, min_p 0 (off), repeat_penalty 1 (off), repeat_last_n 64, seed 42). temperature 0
     is greedy. Invalid values raise Error (LMOE_ERR_INVALID_ARGUMENT).
     """
+
+    _kind = "sampler"
 
     def __init__(self, temperature=None, top_k=None, top_p=None, min_p=None, repeat_penalty=None,
                  repeat_last_n=None, seed=None):
@@ -344,23 +355,6 @@ class Sampler:
             _lib.lib().lmoe_sampler_free(self._handle)
             self._handle = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if self._handle is None:
-            raise Error(_lib.LMOE_ERR_MISUSE, "the sampler is closed")
-        return self._handle
-
     def reset(self):
         """Restores the RNG to its seed and forgets the token history."""
         _lib.lib().lmoe_sampler_reset(self._h())
@@ -380,7 +374,6 @@ class Sampler:
         token = _lib.lmoe_token(0)
         _check(_lib.lib().lmoe_sampler_sample(self._h(), ptr, n, ctypes.byref(token)))
         return token.value
-
 
 # ------------------------------------------------------------------------------------------------
 # Context and generation
@@ -447,7 +440,7 @@ class Completion:
             self.n_generated, _STOP_NAMES.get(self.stop_reason, self.stop_reason))
 
 
-class Context:
+class Context(_Owned):
     """One sequence's KV cache, scratch buffers and thread pool (lmoe_context).
 
     Args:
@@ -465,6 +458,8 @@ class Context:
     An exception raised inside abort_fn or routing_fn is re-raised by the eval/generate call
     that triggered it (an exception in abort_fn also aborts the evaluation).
     """
+
+    _kind = "context"
 
     def __init__(self, model, n_ctx=0, n_threads=0, n_batch=0, log_fn=None, log_level=None,
                  abort_fn=None, routing_fn=None):
@@ -515,28 +510,6 @@ class Context:
         if self._handle is not None:
             _lib.lib().lmoe_context_free(self._handle)
             self._handle = None
-
-    @property
-    def closed(self):
-        """True once close() has run (or the model was closed)."""
-        return self._handle is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if self._handle is None:
-            raise Error(_lib.LMOE_ERR_MISUSE, "the context is closed")
-        return self._handle
 
     def _raise_callback_error(self):
         e, self._callback_error = self._callback_error, None
