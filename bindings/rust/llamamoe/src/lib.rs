@@ -171,6 +171,26 @@ impl std::error::Error for Error {}
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Calls `fill(buffer, &mut count)` with a buffer grown to the count the library asks for, until
+/// it no longer answers "buffer too small"; returns the `count` elements it wrote.
+fn grow_and_fill<T: Copy + Default>(
+    initial: usize,
+    mut fill: impl FnMut(&mut [T], &mut usize) -> c_int,
+) -> Result<Vec<T>> {
+    let mut buf = vec![T::default(); initial.max(1)];
+    loop {
+        let mut n = 0usize;
+        let st = fill(&mut buf, &mut n);
+        if st == sys::LMOE_ERR_BUFFER_TOO_SMALL && n > buf.len() {
+            buf.resize(n, T::default());
+            continue;
+        }
+        check(st)?;
+        buf.truncate(n);
+        return Ok(buf);
+    }
+}
+
 fn check(code: c_int) -> Result<()> {
     if code == sys::LMOE_OK {
         Ok(())
@@ -355,53 +375,31 @@ impl Model {
 
     /// Tokenizes `text` the way SentencePiece does; `add_bos` puts BOS first.
     pub fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<Token>> {
-        let mut tokens: Vec<Token> = vec![0; text.len() + 2];
-        loop {
-            let mut n = 0usize;
-            let st = unsafe {
-                sys::lmoe_tokenize(
-                    self.as_ptr(),
-                    text.as_ptr() as *const c_char,
-                    text.len(),
-                    add_bos as c_int,
-                    tokens.as_mut_ptr(),
-                    tokens.len(),
-                    &mut n,
-                )
-            };
-            if st == sys::LMOE_ERR_BUFFER_TOO_SMALL && n > tokens.len() {
-                tokens.resize(n, 0);
-                continue;
-            }
-            check(st)?;
-            tokens.truncate(n);
-            return Ok(tokens);
-        }
+        grow_and_fill(text.len() + 2, |tokens: &mut [Token], n| unsafe {
+            sys::lmoe_tokenize(
+                self.as_ptr(),
+                text.as_ptr() as *const c_char,
+                text.len(),
+                add_bos as c_int,
+                tokens.as_mut_ptr(),
+                tokens.len(),
+                n,
+            )
+        })
     }
 
     /// Decodes tokens to bytes (control tokens vanish; byte tokens give raw bytes).
     pub fn detokenize_bytes(&self, tokens: &[Token]) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; tokens.len() * 8 + 16];
-        loop {
-            let mut len = 0usize;
-            let st = unsafe {
-                sys::lmoe_detokenize(
-                    self.as_ptr(),
-                    tokens.as_ptr(),
-                    tokens.len(),
-                    buf.as_mut_ptr() as *mut c_char,
-                    buf.len(),
-                    &mut len,
-                )
-            };
-            if st == sys::LMOE_ERR_BUFFER_TOO_SMALL && len > buf.len() {
-                buf.resize(len, 0);
-                continue;
-            }
-            check(st)?;
-            buf.truncate(len);
-            return Ok(buf);
-        }
+        grow_and_fill(tokens.len() * 8 + 16, |buf: &mut [u8], len| unsafe {
+            sys::lmoe_detokenize(
+                self.as_ptr(),
+                tokens.as_ptr(),
+                tokens.len(),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+                len,
+            )
+        })
     }
 
     /// Decodes tokens to text; invalid UTF-8 (e.g. a cut byte-fallback sequence) becomes U+FFFD.
@@ -411,27 +409,16 @@ impl Model {
 
     /// The bytes of one token as it appears inside decoded text.
     pub fn token_to_piece(&self, token: Token, strip_leading_space: bool) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; 32];
-        loop {
-            let mut len = 0usize;
-            let st = unsafe {
-                sys::lmoe_token_to_piece(
-                    self.as_ptr(),
-                    token,
-                    strip_leading_space as c_int,
-                    buf.as_mut_ptr() as *mut c_char,
-                    buf.len(),
-                    &mut len,
-                )
-            };
-            if st == sys::LMOE_ERR_BUFFER_TOO_SMALL && len > buf.len() {
-                buf.resize(len, 0);
-                continue;
-            }
-            check(st)?;
-            buf.truncate(len);
-            return Ok(buf);
-        }
+        grow_and_fill(32, |buf: &mut [u8], len| unsafe {
+            sys::lmoe_token_to_piece(
+                self.as_ptr(),
+                token,
+                strip_leading_space as c_int,
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+                len,
+            )
+        })
     }
 
     /// Whether generation stops when the model produces BOS (metadata `llamamoe.stop_on_bos`,
