@@ -93,6 +93,29 @@ LMOE_API const char *lmoe_status_string(lmoe_status status);
 LMOE_API const char *lmoe_last_error(void);
 
 /* ---------------------------------------------------------------------------------------------
+ * Memory
+ * ------------------------------------------------------------------------------------------- */
+
+/* The functions every heap allocation of the library goes through (a game's arena, a tracking
+ * allocator). They are called from any thread the library runs on, the thread pool's included,
+ * so they must be thread-safe. alloc and resize behave like malloc and realloc (size is never 0)
+ * and return NULL on failure, which the library reports as LMOE_ERR_OUT_OF_MEMORY; release is
+ * never given NULL. Model weights are memory-mapped (or the caller's buffer), not allocated. */
+typedef struct lmoe_allocator {
+    void *(*alloc)(void *user, size_t size);
+    void *(*resize)(void *user, void *ptr, size_t size);
+    void (*release)(void *user, void *ptr);
+    void *user;
+} lmoe_allocator;
+
+/* Makes the library allocate through *allocator (copied), or through libc's malloc, realloc and
+ * free when allocator is NULL. Call it when no model, context, sampler or generation exists, and
+ * not concurrently with other library calls: a block must be freed by the allocator that made it,
+ * so this returns LMOE_ERR_MISUSE while any library block is alive. LMOE_ERR_INVALID_ARGUMENT if
+ * a function pointer is NULL. */
+LMOE_API lmoe_status lmoe_set_allocator(const lmoe_allocator *allocator);
+
+/* ---------------------------------------------------------------------------------------------
  * Logging
  * ------------------------------------------------------------------------------------------- */
 

@@ -8,6 +8,7 @@
 
 #include "context.h"
 #include "error.h"
+#include "mem.h"
 #include "model.h"
 #include "params.h"
 
@@ -237,8 +238,8 @@ static lmoe_status context_init(lmoe_context *ctx, const lmoe_context_params *p)
     FORWARD_IF_ERROR(forward_state_init(&ctx->state, hp, ctx->kernels, ctx->n_ctx, n_batch, n_threads));
     if (hp->n_expert) {
         size_t n_counts = (size_t)hp->n_layer * hp->n_expert;
-        ctx->expert_counts = calloc(n_counts, sizeof *ctx->expert_counts);
-        ctx->expert_counts_pending = calloc(n_counts, sizeof *ctx->expert_counts_pending);
+        ctx->expert_counts = mem_calloc(n_counts, sizeof *ctx->expert_counts);
+        ctx->expert_counts_pending = mem_calloc(n_counts, sizeof *ctx->expert_counts_pending);
         RETURN_ERROR_IF(!ctx->expert_counts || !ctx->expert_counts_pending,
                         LMOE_ERR_OUT_OF_MEMORY, "out of memory for expert counts");
     }
@@ -268,7 +269,7 @@ lmoe_status lmoe_context_create(const lmoe_model *model, const lmoe_context_para
                              : (model->hp.n_ctx_train < MAX_N_CTX ? model->hp.n_ctx_train : MAX_N_CTX);
     CHECK_ARG(n_ctx <= MAX_N_CTX, "context params: n_ctx %u is larger than the limit %u", n_ctx,
               MAX_N_CTX);
-    lmoe_context *ctx = calloc(1, sizeof *ctx);
+    lmoe_context *ctx = mem_calloc(1, sizeof *ctx);
     RETURN_ERROR_IF(!ctx, LMOE_ERR_OUT_OF_MEMORY, "out of memory for a context");
     ctx->model = model;
     ctx->n_ctx = n_ctx;
@@ -290,9 +291,9 @@ void lmoe_context_free(lmoe_context *ctx) {
     if (!ctx) return;
     threadpool_free(ctx->pool);
     forward_state_free(&ctx->state);
-    free(ctx->expert_counts);
-    free(ctx->expert_counts_pending);
-    free(ctx);
+    mem_free(ctx->expert_counts);
+    mem_free(ctx->expert_counts_pending);
+    mem_free(ctx);
 }
 
 void lmoe_context_reset(lmoe_context *ctx) {
@@ -421,11 +422,11 @@ lmoe_status lmoe_eval_streams(lmoe_context *const *ctxs, const lmoe_token *token
     lmoe_context *lead = ctxs[0];
     const lmoe_model *m = lead->model;
     size_t n = n_streams, dim = m->hp.n_embd, n_vocab = m->hp.n_vocab;
-    uint32_t *pos = malloc(n * sizeof *pos);
-    float *logits = malloc(n * n_vocab * sizeof *logits);
+    uint32_t *pos = mem_alloc(n * sizeof *pos);
+    float *logits = mem_alloc(n * n_vocab * sizeof *logits);
     if (!pos || !logits) {
-        free(pos);
-        free(logits);
+        mem_free(pos);
+        mem_free(logits);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_eval_streams: out of memory");
     }
     for (size_t i = 0; i < n; i++) {
@@ -453,8 +454,8 @@ lmoe_status lmoe_eval_streams(lmoe_context *const *ctxs, const lmoe_token *token
         ctx->n_past++;
         ctx->logits_valid = true;
     }
-    free(pos);
-    free(logits);
+    mem_free(pos);
+    mem_free(logits);
     return st;
 }
 

@@ -11,6 +11,7 @@
 
 #include "context.h"
 #include "error.h"
+#include "mem.h"
 #include "quant.h"
 
 /* Below this many multiply-adds a product runs on the calling thread: waking workers costs more. */
@@ -27,7 +28,7 @@ _Static_assert(ROWS_PER_BLOCK % LMOE_R16_ROWS == 0, "row blocks must be whole _R
  * ---------------------------------------------------------------------------------------------- */
 
 static float *alloc_rows(size_t rows, size_t width, bool *ok) {
-    float *p = calloc(rows * width, sizeof(float));
+    float *p = mem_calloc(rows * width, sizeof(float));
     *ok = *ok && p;
     return p;
 }
@@ -56,26 +57,26 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, const 
     /* quantised activations: a batch's rows, or the decode path's per-expert hidden vectors */
     size_t max_cols = hp->n_embd > ff ? hp->n_embd : ff;
     size_t q8_blocks = (B > 32 ? B : 32) * (max_cols / LMOE_QK + 1);
-    s->x_q8 = calloc(q8_blocks, sizeof(block_q8_0));
+    s->x_q8 = mem_calloc(q8_blocks, sizeof(block_q8_0));
     ok = ok && s->x_q8;
     if (k->gemm_pack_token) { /* the batched kernels' copy of a batch's activations, and scratch */
         size_t packed = (k->gemm_x_bytes(B, max_cols / LMOE_QK) + 63) / 64 * 64;
-        s->x_packed = aligned_alloc(64, packed ? packed : 64);
+        s->x_packed = mem_alloc_aligned(64, packed ? packed : 64);
         s->gemm_scratch_stride = (LMOE_GEMM_SCRATCH_BYTES(max_cols) + 63) / 64 * 64;
-        s->gemm_scratch = aligned_alloc(64, (size_t)n_threads * s->gemm_scratch_stride);
+        s->gemm_scratch = mem_alloc_aligned(64, (size_t)n_threads * s->gemm_scratch_stride);
         ok = ok && s->x_packed && s->gemm_scratch;
     }
-    s->key_cache = calloc(kv_elems, sizeof(float));
-    s->value_cache = calloc(kv_elems, sizeof(float));
+    s->key_cache = mem_calloc(kv_elems, sizeof(float));
+    s->value_cache = mem_calloc(kv_elems, sizeof(float));
     ok = ok && s->key_cache && s->value_cache;
     if (hp->n_expert) {
         s->gate_logits = alloc_rows(B, hp->n_expert, &ok);
         s->gate_hidden = alloc_rows(B, hp->n_expert, &ok);
-        s->selected = calloc(B * hp->n_expert_used, sizeof(int32_t));
+        s->selected = mem_calloc(B * hp->n_expert_used, sizeof(int32_t));
         s->selected_weights = alloc_rows(B, hp->n_expert_used, &ok);
         s->expert_in = alloc_rows(B, hp->n_embd, &ok);
         s->expert_out = alloc_rows(B, hp->n_embd, &ok);
-        s->group = calloc(B, sizeof(uint32_t));
+        s->group = mem_calloc(B, sizeof(uint32_t));
         s->group_weights = alloc_rows(B, 1, &ok);
         ok = ok && s->selected && s->group;
     }
@@ -89,28 +90,28 @@ lmoe_status forward_state_init(forward_state *s, const llama_hparams *hp, const 
 }
 
 void forward_state_free(forward_state *s) {
-    free(s->x);
-    free(s->xb);
-    free(s->xb2);
-    free(s->q);
-    free(s->hb);
-    free(s->hb2);
-    free(s->att);
-    free(s->logits);
-    free(s->rope);
-    free(s->x_q8);
-    free(s->x_packed);
-    free(s->gemm_scratch);
-    free(s->key_cache);
-    free(s->value_cache);
-    free(s->gate_logits);
-    free(s->gate_hidden);
-    free(s->selected);
-    free(s->selected_weights);
-    free(s->expert_in);
-    free(s->expert_out);
-    free(s->group);
-    free(s->group_weights);
+    mem_free(s->x);
+    mem_free(s->xb);
+    mem_free(s->xb2);
+    mem_free(s->q);
+    mem_free(s->hb);
+    mem_free(s->hb2);
+    mem_free(s->att);
+    mem_free(s->logits);
+    mem_free(s->rope);
+    mem_free(s->x_q8);
+    mem_free_aligned(s->x_packed);
+    mem_free_aligned(s->gemm_scratch);
+    mem_free(s->key_cache);
+    mem_free(s->value_cache);
+    mem_free(s->gate_logits);
+    mem_free(s->gate_hidden);
+    mem_free(s->selected);
+    mem_free(s->selected_weights);
+    mem_free(s->expert_in);
+    mem_free(s->expert_out);
+    mem_free(s->group);
+    mem_free(s->group_weights);
     memset(s, 0, sizeof *s);
 }
 

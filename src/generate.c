@@ -10,6 +10,7 @@
 
 #include "context.h"
 #include "error.h"
+#include "mem.h"
 #include "params.h"
 
 #define MAX_STOP_STRINGS 64
@@ -43,16 +44,29 @@ typedef struct text_stream {
     size_t n_pending, cap_pending;
 } text_stream;
 
+/* Grows *buf (capacity *cap) to hold at least need bytes; false when out of memory. */
+static bool grow_text(char **buf, size_t *cap, size_t need) {
+    if (need <= *cap) return true;
+    size_t new_cap = *cap ? *cap * 2 : 256;
+    while (new_cap < need) new_cap *= 2;
+    char *p = mem_realloc(*buf, new_cap);
+    if (!p) return false;
+    *buf = p;
+    *cap = new_cap;
+    return true;
+}
+
+/* Room for extra more pending bytes. Reserved before a token is sampled, so that adding its text
+ * cannot fail afterwards: a step that fails must not have consumed a sample. */
+static lmoe_status stream_reserve(text_stream *ts, size_t extra) {
+    RETURN_ERROR_IF(!grow_text(&ts->pending, &ts->cap_pending, ts->n_pending + extra),
+                    LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for text");
+    return LMOE_OK;
+}
+
 static lmoe_status stream_append(text_stream *ts, const char *text, size_t len) {
     if (len == 0) return LMOE_OK;
-    if (ts->n_pending + len > ts->cap_pending) {
-        size_t cap = ts->cap_pending ? ts->cap_pending * 2 : 256;
-        while (cap < ts->n_pending + len) cap *= 2;
-        char *p = realloc(ts->pending, cap);
-        RETURN_ERROR_IF(!p, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for text");
-        ts->pending = p;
-        ts->cap_pending = cap;
-    }
+    FORWARD_IF_ERROR(stream_reserve(ts, len));
     memcpy(ts->pending + ts->n_pending, text, len);
     ts->n_pending += len;
     return LMOE_OK;
@@ -140,11 +154,11 @@ static lmoe_status tokenize_prompt(lmoe_context *ctx, const char *prompt, size_t
     RETURN_ERROR_IF(prompt_len > SIZE_MAX / sizeof(lmoe_token) - 2, LMOE_ERR_INVALID_ARGUMENT,
                     "lmoe_generate: the prompt is too long (%zu bytes)", prompt_len);
     size_t cap = prompt_len + 2;
-    lmoe_token *t = malloc(cap * sizeof *t);
+    lmoe_token *t = mem_alloc(cap * sizeof *t);
     RETURN_ERROR_IF(!t, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
     lmoe_status st = lmoe_tokenize(model, prompt, prompt_len, add_bos, t, cap, n);
     if (st == LMOE_ERR_BUFFER_TOO_SMALL) { /* not expected; *n says how many are needed */
-        lmoe_token *more = realloc(t, *n * sizeof *t);
+        lmoe_token *more = mem_realloc(t, *n * sizeof *t);
         st = more ? lmoe_tokenize(model, prompt, prompt_len, add_bos, more, *n, n)
                   : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_generate: out of memory for the prompt");
         if (more) t = more;
@@ -158,7 +172,7 @@ static lmoe_status tokenize_prompt(lmoe_context *ctx, const char *prompt, size_t
                         "lmoe_generate: the prompt is %zu tokens; the context has room for %u", *n,
                         ctx->n_ctx - ctx->n_past);
     if (st != LMOE_OK || *n == 0) {
-        free(t);
+        mem_free(t);
         return st;
     }
     *tokens = t;
@@ -181,7 +195,7 @@ static lmoe_status eval_prompt(generation *g, const char *prompt, size_t prompt_
         g->result.n_prompt_tokens = (uint32_t)n;
         *last_token = tokens[n - 1];
     }
-    free(tokens);
+    mem_free(tokens);
     return st;
 }
 
@@ -216,6 +230,7 @@ static lmoe_status next_token(generation *g, int32_t index, lmoe_token prev, lmo
     lmoe_context *ctx = g->ctx;
     const lmoe_vocab *vocab = &ctx->model->vocab;
     *reason = LMOE_STOP_NONE;
+    FORWARD_IF_ERROR(stream_reserve(&g->text, PIECE_MAX));
     FORWARD_IF_ERROR(
         lmoe_sampler_sample(g->sampler, ctx->state.logits, (int32_t)vocab->n_tokens, token));
     g->result.n_generated++;
@@ -286,7 +301,7 @@ lmoe_status lmoe_generate(lmoe_context *ctx, lmoe_sampler *sampler, const char *
     lmoe_token last = -1;
     lmoe_status st = eval_prompt(&g, prompt ? prompt : "", prompt_len, &last);
     if (st == LMOE_OK) st = generate_loop(&g, last);
-    free(g.text.pending);
+    mem_free(g.text.pending);
     if (result) {
         memcpy(result, &g.result, sizeof g.result);
         result->struct_size = sizeof g.result;
@@ -320,16 +335,9 @@ struct lmoe_generation {
  * the caller's on_text if there is one. */
 static int step_text(void *user, const char *text, size_t len, lmoe_token token) {
     lmoe_generation *gen = user;
-    if (gen->n_out + len + 1 > gen->cap_out) {
-        size_t cap = gen->cap_out ? gen->cap_out * 2 : 256;
-        while (cap < gen->n_out + len + 1) cap *= 2;
-        char *p = realloc(gen->out, cap);
-        if (!p) { /* stops generation; the step reports it */
-            gen->out_of_memory = true;
-            return 1;
-        }
-        gen->out = p;
-        gen->cap_out = cap;
+    if (!grow_text(&gen->out, &gen->cap_out, gen->n_out + len + 1)) {
+        gen->out_of_memory = true; /* stops generation; the step reports it (reserved: unexpected) */
+        return 1;
     }
     memcpy(gen->out + gen->n_out, text, len);
     gen->n_out += len;
@@ -339,10 +347,10 @@ static int step_text(void *user, const char *text, size_t len, lmoe_token token)
 
 void lmoe_generation_free(lmoe_generation *gen) {
     if (!gen) return;
-    free(gen->g.text.pending);
-    free(gen->prompt);
-    free(gen->out);
-    free(gen);
+    mem_free(gen->g.text.pending);
+    mem_free(gen->prompt);
+    mem_free(gen->out);
+    mem_free(gen);
 }
 
 lmoe_status lmoe_generation_start(lmoe_context *ctx, lmoe_sampler *sampler, const char *prompt,
@@ -354,7 +362,7 @@ lmoe_status lmoe_generation_start(lmoe_context *ctx, lmoe_sampler *sampler, cons
                     "lmoe_generation_start: ctx or sampler is NULL");
     RETURN_ERROR_IF(!prompt && prompt_len, LMOE_ERR_INVALID_ARGUMENT,
                     "lmoe_generation_start: prompt is NULL");
-    lmoe_generation *gen = calloc(1, sizeof *gen);
+    lmoe_generation *gen = mem_calloc(1, sizeof *gen);
     RETURN_ERROR_IF(!gen, LMOE_ERR_OUT_OF_MEMORY, "lmoe_generation_start: out of memory");
     gen->params = generate_defaults;
     lmoe_status st = params ? params_read(&gen->params, sizeof gen->params, params,
@@ -426,9 +434,14 @@ lmoe_status lmoe_generation_step(lmoe_generation *gen, const char **text, size_t
             gen->prev = t;
         }
     } else if (gen->n_sampled < gen->params.max_tokens) { /* sample a token, then evaluate it */
+        /* the most text this token can release: what is held back plus its piece */
+        RETURN_ERROR_IF(!grow_text(&gen->out, &gen->cap_out,
+                                   gen->n_out + gen->g.text.n_pending + PIECE_MAX + 1),
+                        LMOE_ERR_OUT_OF_MEMORY, "lmoe_generation_step: out of memory for text");
         double t0 = now_ms();
-        st = next_token(&gen->g, gen->n_sampled++, gen->prev, &gen->last, &reason);
+        st = next_token(&gen->g, gen->n_sampled, gen->prev, &gen->last, &reason);
         gen->g.result.generate_ms += now_ms() - t0;
+        if (st == LMOE_OK) gen->n_sampled++; /* a failed sample is retried by the next step */
         if (st == LMOE_OK && gen->out_of_memory)
             st = lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "lmoe_generation_step: out of memory for text");
         if (st == LMOE_OK && reason == LMOE_STOP_NONE)

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "mem.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "libllamamoe reads little-endian GGUF files and needs a little-endian host"
@@ -254,7 +255,7 @@ static int compare_tensor_names(const void *a, const void *b) {
 static lmoe_status check_unique(const gguf_file *f) {
     uint64_t n = f->n_kv > f->n_tensors ? f->n_kv : f->n_tensors;
     if (n < 2) return LMOE_OK;
-    const void **sorted = malloc((size_t)n * sizeof *sorted);
+    const void **sorted = mem_alloc((size_t)n * sizeof *sorted);
     RETURN_ERROR_IF(!sorted, LMOE_ERR_OUT_OF_MEMORY, "GGUF: out of memory checking names");
     lmoe_status st = LMOE_OK;
     for (uint64_t i = 0; i < f->n_kv; i++) sorted[i] = &f->kv[i];
@@ -273,7 +274,7 @@ static lmoe_status check_unique(const gguf_file *f) {
             st = lmoe_error(LMOE_ERR_BAD_FILE, "GGUF: tensor '%.*s' appears twice",
                             (int)a->name.len, a->name.ptr);
     }
-    free(sorted);
+    mem_free(sorted);
     return st;
 }
 
@@ -338,13 +339,13 @@ static lmoe_status parse(gguf_file *f) {
                     "GGUF: tensor count %llu is larger than the file can hold",
                     (unsigned long long)f->n_tensors);
     if (f->n_kv) {
-        f->kv = calloc((size_t)f->n_kv, sizeof *f->kv);
+        f->kv = mem_calloc((size_t)f->n_kv, sizeof *f->kv);
         RETURN_ERROR_IF(!f->kv, LMOE_ERR_OUT_OF_MEMORY, "GGUF: out of memory for %llu keys",
                         (unsigned long long)f->n_kv);
     }
     for (uint64_t i = 0; i < f->n_kv; i++) FORWARD_IF_ERROR(parse_kv(&c, &f->kv[i]));
     if (f->n_tensors) {
-        f->tensors = calloc((size_t)f->n_tensors, sizeof *f->tensors);
+        f->tensors = mem_calloc((size_t)f->n_tensors, sizeof *f->tensors);
         RETURN_ERROR_IF(!f->tensors, LMOE_ERR_OUT_OF_MEMORY,
                         "GGUF: out of memory for %llu tensors", (unsigned long long)f->n_tensors);
     }
@@ -372,7 +373,7 @@ lmoe_status gguf_open_memory(const void *data, size_t size, gguf_file **out) {
     RETURN_ERROR_IF(!out, LMOE_ERR_INVALID_ARGUMENT, "gguf_open_memory: out is NULL");
     *out = NULL;
     RETURN_ERROR_IF(!data && size, LMOE_ERR_INVALID_ARGUMENT, "gguf_open_memory: data is NULL");
-    gguf_file *f = calloc(1, sizeof *f);
+    gguf_file *f = mem_calloc(1, sizeof *f);
     RETURN_ERROR_IF(!f, LMOE_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
     f->base = data;
     f->size = size;
@@ -394,7 +395,7 @@ static lmoe_status open_fd(int fd, const char *name, gguf_file **out) {
                     "%s: the file is larger than the address space", name);
     void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     RETURN_ERROR_IF(map == MAP_FAILED, LMOE_ERR_IO, "%s: cannot map: %s", name, strerror(errno));
-    gguf_file *f = calloc(1, sizeof *f);
+    gguf_file *f = mem_calloc(1, sizeof *f);
     if (!f) {
         munmap(map, (size_t)st.st_size);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
@@ -428,9 +429,9 @@ lmoe_status gguf_open(const char *path, gguf_file **out) {
 void gguf_close(gguf_file *f) {
     if (!f) return;
     if (f->mapped) munmap((void *)f->base, f->size);
-    free(f->kv);
-    free(f->tensors);
-    free(f);
+    mem_free(f->kv);
+    mem_free(f->tensors);
+    mem_free(f);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -631,7 +632,7 @@ struct gguf_writer {
 };
 
 lmoe_status gguf_writer_create(gguf_writer **out) {
-    *out = calloc(1, sizeof **out);
+    *out = mem_calloc(1, sizeof **out);
     RETURN_ERROR_IF(!*out, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     return LMOE_OK;
 }
@@ -639,18 +640,18 @@ lmoe_status gguf_writer_create(gguf_writer **out) {
 void gguf_writer_free(gguf_writer *w) {
     if (!w) return;
     for (size_t i = 0; i < w->n_kv; i++) {
-        free(w->kv[i].key);
-        free(w->kv[i].value);
+        mem_free(w->kv[i].key);
+        mem_free(w->kv[i].value);
     }
-    for (size_t i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
-    free(w->kv);
-    free(w->tensors);
-    free(w);
+    for (size_t i = 0; i < w->n_tensors; i++) mem_free(w->tensors[i].name);
+    mem_free(w->kv);
+    mem_free(w->tensors);
+    mem_free(w);
 }
 
 static char *dup_cstr(const char *s) {
     size_t n = strlen(s) + 1;
-    char *d = malloc(n);
+    char *d = mem_alloc(n);
     if (d) memcpy(d, s, n);
     return d;
 }
@@ -659,7 +660,7 @@ static lmoe_status grow(void **items, size_t *cap, size_t need, size_t item_size
     if (need <= *cap) return LMOE_OK;
     size_t new_cap = *cap ? *cap * 2 : 16;
     while (new_cap < need) new_cap *= 2;
-    void *p = realloc(*items, new_cap * item_size);
+    void *p = mem_realloc(*items, new_cap * item_size);
     RETURN_ERROR_IF(!p, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     *items = p;
     *cap = new_cap;
@@ -684,7 +685,7 @@ static lmoe_status add_kv(gguf_writer *w, const char *key, gguf_type type, uint8
     if (st == LMOE_OK && !key_copy)
         st = lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     if (st != LMOE_OK) {
-        free(value);
+        mem_free(value);
         return st;
     }
     w->kv[w->n_kv++] = (writer_kv){key_copy, type, value, value_size};
@@ -693,7 +694,7 @@ static lmoe_status add_kv(gguf_writer *w, const char *key, gguf_type type, uint8
 
 static lmoe_status add_scalar(gguf_writer *w, const char *key, gguf_type type, const void *v,
                               size_t size) {
-    uint8_t *value = malloc(size);
+    uint8_t *value = mem_alloc(size);
     RETURN_ERROR_IF(!value, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     memcpy(value, v, size);
     return add_kv(w, key, type, value, size);
@@ -721,7 +722,7 @@ lmoe_status gguf_writer_set_bool(gguf_writer *w, const char *key, bool value) {
 }
 
 lmoe_status gguf_writer_set_str_n(gguf_writer *w, const char *key, const char *value, size_t len) {
-    uint8_t *buf = malloc(8 + len);
+    uint8_t *buf = mem_alloc(8 + len);
     RETURN_ERROR_IF(!buf, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     uint64_t len64 = len;
     memcpy(buf, &len64, 8);
@@ -742,7 +743,7 @@ lmoe_status gguf_writer_set_array(gguf_writer *w, const char *key, gguf_type ele
     RETURN_ERROR_IF(n_elems > (SIZE_MAX - 12) / elem, LMOE_ERR_INVALID_ARGUMENT,
                     "GGUF writer: key '%s': array too large", key);
     size_t size = 12 + (size_t)n_elems * elem;
-    uint8_t *buf = malloc(size);
+    uint8_t *buf = mem_alloc(size);
     RETURN_ERROR_IF(!buf, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     uint32_t t = elem_type;
     memcpy(buf, &t, 4);
@@ -755,7 +756,7 @@ lmoe_status gguf_writer_set_str_array(gguf_writer *w, const char *key, const cha
                                       const uint32_t *lens, uint64_t n) {
     size_t size = 12;
     for (uint64_t i = 0; i < n; i++) size += 8 + lens[i];
-    uint8_t *buf = malloc(size);
+    uint8_t *buf = mem_alloc(size);
     RETURN_ERROR_IF(!buf, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     uint32_t t = GGUF_TYPE_STRING;
     memcpy(buf, &t, 4);
@@ -809,7 +810,7 @@ lmoe_status gguf_writer_copy_kv_as(gguf_writer *w, const char *key, const gguf_k
     /* arrays: the element type and count precede the first element */
     const uint8_t *start = kv->type == GGUF_TYPE_ARRAY ? kv->data - 12 : kv->data;
     size_t size = (size_t)(kv->data - start) + values_size(kv->elem_type, kv->data, kv->n_elems);
-    uint8_t *value = malloc(size ? size : 1);
+    uint8_t *value = mem_alloc(size ? size : 1);
     RETURN_ERROR_IF(!value, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     memcpy(value, start, size);
     return add_kv(w, key, kv->type, value, size);
@@ -852,7 +853,7 @@ static void put(sink *s, const void *data, size_t n) {
         if (s->size + n > s->cap) {
             size_t cap = s->cap ? s->cap : 4096;
             while (cap < s->size + n) cap *= 2;
-            uint8_t *p = realloc(s->buf, cap);
+            uint8_t *p = mem_realloc(s->buf, cap);
             if (!p) {
                 s->failed = 1;
                 return;
@@ -882,13 +883,13 @@ static void put_str(sink *s, const char *str) {
 
 /* Produces a tensor's bytes with its fill callback and writes them. */
 static lmoe_status put_filled(sink *s, const writer_tensor *t) {
-    void *buf = t->n_bytes <= SIZE_MAX ? malloc(t->n_bytes ? (size_t)t->n_bytes : 1) : NULL;
+    void *buf = t->n_bytes <= SIZE_MAX ? mem_alloc(t->n_bytes ? (size_t)t->n_bytes : 1) : NULL;
     RETURN_ERROR_IF(!buf, LMOE_ERR_OUT_OF_MEMORY,
                     "GGUF writer: out of memory for tensor '%s' (%llu bytes)", t->name,
                     (unsigned long long)t->n_bytes);
     lmoe_status st = t->fill(t->fill_user, buf, (size_t)t->n_bytes);
     if (st == LMOE_OK) put(s, buf, (size_t)t->n_bytes);
-    free(buf);
+    mem_free(buf);
     return lmoe_error_prefix(st, "tensor '%s'", t->name);
 }
 
@@ -934,7 +935,7 @@ lmoe_status gguf_writer_write_memory(gguf_writer *w, uint8_t **out, size_t *out_
     sink s = {0};
     lmoe_status st = serialise(w, &s);
     if (st != LMOE_OK || s.failed) {
-        free(s.buf);
+        mem_free(s.buf);
         return st != LMOE_OK ? st : lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     }
     *out = s.buf;
@@ -944,14 +945,14 @@ lmoe_status gguf_writer_write_memory(gguf_writer *w, uint8_t **out, size_t *out_
 
 lmoe_status gguf_writer_write(gguf_writer *w, const char *path) {
     size_t tmp_len = strlen(path) + 5;
-    char *tmp = malloc(tmp_len);
+    char *tmp = mem_alloc(tmp_len);
     RETURN_ERROR_IF(!tmp, LMOE_ERR_OUT_OF_MEMORY, "GGUF writer: out of memory");
     snprintf(tmp, tmp_len, "%s.tmp", path);
     sink s = {0};
     s.file = fopen(tmp, "wb");
     if (!s.file) {
         lmoe_status st = lmoe_error(LMOE_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
+        mem_free(tmp);
         return st;
     }
     lmoe_status st = serialise(w, &s);
@@ -969,6 +970,6 @@ lmoe_status gguf_writer_write(gguf_writer *w, const char *path) {
         st = lmoe_error(LMOE_ERR_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
         remove(tmp);
     }
-    free(tmp);
+    mem_free(tmp);
     return st;
 }

@@ -173,7 +173,8 @@ typedef void (*gguf_write_progress_fn)(void *user, size_t index, size_t count, c
 void gguf_writer_set_progress(gguf_writer *w, gguf_write_progress_fn fn, void *user);
 /* Writes a GGUF v3 file (to path.tmp, then renamed, so a failure leaves no partial file). */
 lmoe_status gguf_writer_write(gguf_writer *w, const char *path);
-/* Same into a malloc'd buffer (for tests and fuzz seeds); caller frees *out. */
+/* Same into a buffer from the library's allocator (for tests and fuzz seeds); the caller frees
+ * *out with mem_free. */
 lmoe_status gguf_writer_write_memory(gguf_writer *w, uint8_t **out, size_t *out_size);
 
 #endif

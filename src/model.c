@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "mem.h"
 
 /* Limits far above any real model that keep size arithmetic away from overflow. */
 #define MAX_DIM (1u << 20)
@@ -236,7 +237,7 @@ static lmoe_status bind_weights(lmoe_model *m) {
                                      &m->output));
     else
         m->output = m->tok_embd; /* tied classifier */
-    m->layers = calloc(hp->n_layer, sizeof *m->layers);
+    m->layers = mem_calloc(hp->n_layer, sizeof *m->layers);
     RETURN_ERROR_IF(!m->layers, LMOE_ERR_OUT_OF_MEMORY, "out of memory for %u layers",
                     hp->n_layer);
     for (uint32_t il = 0; il < hp->n_layer; il++) FORWARD_IF_ERROR(bind_layer(m, il, &m->layers[il]));
@@ -284,7 +285,7 @@ static lmoe_status load(lmoe_model *m, bool vocab_only) {
 
 lmoe_status model_load_from_gguf(gguf_file *file, bool vocab_only, lmoe_model **out) {
     *out = NULL;
-    lmoe_model *m = calloc(1, sizeof *m);
+    lmoe_model *m = mem_calloc(1, sizeof *m);
     if (!m) {
         gguf_close(file);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "out of memory for the model");
@@ -302,7 +303,7 @@ lmoe_status model_load_from_gguf(gguf_file *file, bool vocab_only, lmoe_model **
 void model_free(lmoe_model *m) {
     if (!m) return;
     vocab_free(&m->vocab);
-    free(m->layers);
+    mem_free(m->layers);
     gguf_close(m->file);
-    free(m);
+    mem_free(m);
 }

@@ -18,6 +18,7 @@
 #include "arch/kernels.h"
 #include "error.h"
 #include "llamamoe.h"
+#include "mem.h"
 #include "params.h"
 
 /* run.c rounds every product before adding it. Clang would fuse a * b + c into one FMA when the
@@ -117,14 +118,14 @@ lmoe_status lmoe_sampler_create(const lmoe_sampler_params *params, lmoe_sampler 
             params_read(&p, sizeof p, params, SAMPLER_PARAMS_V1_SIZE, "sampler params"));
     FORWARD_IF_ERROR(sampler_check_params(&p));
 
-    lmoe_sampler *s = calloc(1, sizeof *s);
+    lmoe_sampler *s = mem_calloc(1, sizeof *s);
     RETURN_ERROR_IF(s == NULL, LMOE_ERR_OUT_OF_MEMORY, "lmoe_sampler_create: out of memory");
     s->params = p;
     s->history_capacity = p.repeat_last_n;
     if (p.repeat_last_n > 0) {
-        s->history = malloc((size_t)p.repeat_last_n * sizeof *s->history);
+        s->history = mem_alloc((size_t)p.repeat_last_n * sizeof *s->history);
         if (s->history == NULL) {
-            free(s);
+            mem_free(s);
             return lmoe_error(LMOE_ERR_OUT_OF_MEMORY,
                               "lmoe_sampler_create: out of memory for %d tokens of history "
                               "(repeat_last_n)", (int)p.repeat_last_n);
@@ -137,11 +138,11 @@ lmoe_status lmoe_sampler_create(const lmoe_sampler_params *params, lmoe_sampler 
 
 void lmoe_sampler_free(lmoe_sampler *sampler) {
     if (sampler == NULL) return;
-    free(sampler->history);
-    free(sampler->probs);
-    free(sampler->candidates);
-    free(sampler->penalised);
-    free(sampler);
+    mem_free(sampler->history);
+    mem_free(sampler->probs);
+    mem_free(sampler->candidates);
+    mem_free(sampler->penalised);
+    mem_free(sampler);
 }
 
 void lmoe_sampler_reset(lmoe_sampler *sampler) {
@@ -162,19 +163,19 @@ void lmoe_sampler_accept(lmoe_sampler *sampler, lmoe_token token) {
 /* Makes the scratch buffers hold n entries; all three are replaced together or not at all. */
 static lmoe_status sampler_reserve(lmoe_sampler *s, size_t n) {
     if (n <= s->scratch_capacity) return LMOE_OK;
-    float *probs = malloc(n * sizeof *probs);
-    sampler_candidate *candidates = malloc(n * sizeof *candidates);
-    unsigned char *penalised = calloc(n, 1);
+    float *probs = mem_alloc(n * sizeof *probs);
+    sampler_candidate *candidates = mem_alloc(n * sizeof *candidates);
+    unsigned char *penalised = mem_calloc(n, 1);
     if (probs == NULL || candidates == NULL || penalised == NULL) {
-        free(probs);
-        free(candidates);
-        free(penalised);
+        mem_free(probs);
+        mem_free(candidates);
+        mem_free(penalised);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY,
                           "lmoe_sampler_sample: out of memory for %zu vocabulary entries", n);
     }
-    free(s->probs);
-    free(s->candidates);
-    free(s->penalised);
+    mem_free(s->probs);
+    mem_free(s->candidates);
+    mem_free(s->penalised);
     s->probs = probs;
     s->candidates = candidates;
     s->penalised = penalised;

@@ -23,6 +23,7 @@
 
 #include "context.h"
 #include "error.h"
+#include "mem.h"
 
 #define STATE_MAGIC "LMOESTAT"
 #define STATE_VERSION 1u
@@ -197,7 +198,7 @@ lmoe_status lmoe_context_state_save_file(const lmoe_context *ctx, const char *pa
     RETURN_ERROR_IF(!ctx || !path, LMOE_ERR_INVALID_ARGUMENT,
                     "lmoe_context_state_save_file: ctx or path is NULL");
     size_t size = lmoe_context_state_size(ctx);
-    uint8_t *buf = malloc(size ? size : 1);
+    uint8_t *buf = mem_alloc(size ? size : 1);
     RETURN_ERROR_IF(!buf, LMOE_ERR_OUT_OF_MEMORY, "context state: out of memory for %zu bytes",
                     size);
     lmoe_status st = lmoe_context_state_save(ctx, buf, size, NULL);
@@ -212,7 +213,7 @@ lmoe_status lmoe_context_state_save_file(const lmoe_context *ctx, const char *pa
             remove(path);
         }
     }
-    free(buf);
+    mem_free(buf);
     return st;
 }
 
@@ -236,13 +237,13 @@ lmoe_status lmoe_context_state_load_file(lmoe_context *ctx, const char *path) {
                         "(%zu)", path, end, cap);
     if (st == LMOE_OK) {
         size = (size_t)end;
-        buf = malloc(size ? size : 1);
+        buf = mem_alloc(size ? size : 1);
         if (!buf) st = lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
         else if (fread(buf, 1, size, f) != size)
             st = lmoe_error(LMOE_ERR_IO, "%s: cannot read all %zu bytes", path, size);
     }
     fclose(f);
     if (st == LMOE_OK) st = lmoe_error_prefix(lmoe_context_state_load(ctx, buf, size), "%s", path);
-    free(buf);
+    mem_free(buf);
     return st;
 }

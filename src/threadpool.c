@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "mem.h"
 
 /* How long an idle worker polls for the next job before it sleeps. */
 #define WORKER_SPIN_NS 80000
@@ -195,9 +196,9 @@ static void threadpool_destroy(lmoe_threadpool *pool) {
     }
     pthread_cond_destroy(&pool->wake);
     pthread_mutex_destroy(&pool->mutex);
-    free(pool->threads);
-    free(pool->workers);
-    free(pool);
+    mem_free(pool->threads);
+    mem_free(pool->workers);
+    mem_free(pool);
 }
 
 static lmoe_status start_workers(lmoe_threadpool *pool) {
@@ -222,7 +223,7 @@ lmoe_status threadpool_create(int n_threads, lmoe_threadpool **out) {
     *out = NULL;
     RETURN_ERROR_IF(n_threads < 1, LMOE_ERR_INVALID_ARGUMENT,
                     "threadpool: n_threads must be >= 1, got %d", n_threads);
-    lmoe_threadpool *pool = calloc(1, sizeof *pool);
+    lmoe_threadpool *pool = mem_calloc(1, sizeof *pool);
     RETURN_ERROR_IF(pool == NULL, LMOE_ERR_OUT_OF_MEMORY, "threadpool: out of memory");
     pool->n_threads = n_threads;
     atomic_init(&pool->generation, 0);
@@ -231,17 +232,17 @@ lmoe_status threadpool_create(int n_threads, lmoe_threadpool **out) {
     atomic_init(&pool->n_done, 0);
     atomic_init(&pool->n_sleeping, 0);
     if (pthread_mutex_init(&pool->mutex, NULL) != 0) {
-        free(pool);
+        mem_free(pool);
         return lmoe_error(LMOE_ERR_INTERNAL, "threadpool: pthread_mutex_init failed");
     }
     if (pthread_cond_init(&pool->wake, NULL) != 0) {
         pthread_mutex_destroy(&pool->mutex);
-        free(pool);
+        mem_free(pool);
         return lmoe_error(LMOE_ERR_INTERNAL, "threadpool: pthread_cond_init failed");
     }
     size_t n_workers = (size_t)n_threads - 1;
-    pool->threads = calloc(n_workers ? n_workers : 1, sizeof *pool->threads);
-    pool->workers = calloc(n_workers ? n_workers : 1, sizeof *pool->workers);
+    pool->threads = mem_calloc(n_workers ? n_workers : 1, sizeof *pool->threads);
+    pool->workers = mem_calloc(n_workers ? n_workers : 1, sizeof *pool->workers);
     if (pool->threads == NULL || pool->workers == NULL) {
         threadpool_destroy(pool);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "threadpool: out of memory for %d threads",

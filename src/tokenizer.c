@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "mem.h"
 #include "vocab.h"
 
 #define SPACE_SYMBOL "\xE2\x96\x81" /* U+2581, SentencePiece's visible space */
@@ -272,11 +273,11 @@ static lmoe_status bpe_encode(const lmoe_vocab *vocab, const char *text, size_t 
     /* n symbols start n-1 pairs and allow at most n-1 merges, each queueing at most 2 pairs */
     RETURN_ERROR_IF(n > SIZE_MAX / (3 * sizeof(bpe_pair)), LMOE_ERR_OUT_OF_MEMORY,
                     "tokenize: text of %zu characters is too long", n);
-    s.symbols = malloc(n * sizeof *s.symbols);
-    s.heap = malloc(3 * n * sizeof *s.heap);
+    s.symbols = mem_alloc(n * sizeof *s.symbols);
+    s.heap = mem_alloc(3 * n * sizeof *s.heap);
     if (!s.symbols || !s.heap) {
-        free(s.symbols);
-        free(s.heap);
+        mem_free(s.symbols);
+        mem_free(s.heap);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "tokenize: out of memory for %zu characters", n);
     }
     s.n_symbols = split_symbols(&s, len, max_ud);
@@ -286,8 +287,8 @@ static lmoe_status bpe_encode(const lmoe_vocab *vocab, const char *text, size_t 
     lmoe_status st = LMOE_OK;
     for (size_t i = 0; i != NONE && st == LMOE_OK; i = s.symbols[i].next)
         st = emit_symbol(vocab, text + s.symbols[i].start, s.symbols[i].len, s.symbols[i].start, sink);
-    free(s.symbols);
-    free(s.heap);
+    mem_free(s.symbols);
+    mem_free(s.heap);
     return st;
 }
 
@@ -297,14 +298,14 @@ lmoe_status vocab_encode(const lmoe_vocab *vocab, const char *text, size_t text_
                     LMOE_ERR_INVALID_ARGUMENT, "tokenize: NULL argument");
     RETURN_ERROR_IF(text_len > (SIZE_MAX - SPACE_SYMBOL_LEN) / SPACE_SYMBOL_LEN,
                     LMOE_ERR_OUT_OF_MEMORY, "tokenize: text of %zu bytes is too long", text_len);
-    char *normalized = malloc(SPACE_SYMBOL_LEN * text_len + SPACE_SYMBOL_LEN);
+    char *normalized = mem_alloc(SPACE_SYMBOL_LEN * text_len + SPACE_SYMBOL_LEN);
     RETURN_ERROR_IF(!normalized, LMOE_ERR_OUT_OF_MEMORY, "tokenize: out of memory for %zu bytes",
                     text_len);
     size_t normalized_len = text_len ? normalize(vocab, text, text_len, normalized) : 0;
     token_sink sink = {tokens, max_tokens, 0};
     if (add_bos && vocab->bos_id >= 0) put_token(&sink, vocab->bos_id);
     lmoe_status st = bpe_encode(vocab, normalized, normalized_len, &sink);
-    free(normalized);
+    mem_free(normalized);
     if (st != LMOE_OK) return st;
     *n_tokens = sink.n;
     RETURN_ERROR_IF(sink.n > max_tokens, LMOE_ERR_BUFFER_TOO_SMALL,

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "mem.h"
 
 /* ------------------------------------------------------------------------------------------------
  * hash table: open addressing with linear probing over the piece bytes
@@ -66,7 +67,7 @@ static lmoe_status build_hash(lmoe_vocab *vocab) {
     uint64_t capacity = 1; /* up to 2^32: 64-bit so that the doubling cannot wrap */
     while (capacity < 2 * (uint64_t)vocab->n_tokens) capacity *= 2;
     if (capacity <= SIZE_MAX / sizeof *vocab->hash_slots)
-        vocab->hash_slots = calloc((size_t)capacity, sizeof *vocab->hash_slots);
+        vocab->hash_slots = mem_calloc((size_t)capacity, sizeof *vocab->hash_slots);
     RETURN_ERROR_IF(!vocab->hash_slots, LMOE_ERR_OUT_OF_MEMORY,
                     "out of memory for the hash table of %u tokens", vocab->n_tokens);
     vocab->hash_mask = (uint32_t)(capacity - 1);
@@ -145,24 +146,38 @@ static lmoe_status finish(lmoe_vocab *vocab) {
 
 lmoe_status vocab_finish(lmoe_vocab *vocab) {
     RETURN_ERROR_IF(!vocab, LMOE_ERR_INVALID_ARGUMENT, "vocab_finish: NULL vocabulary");
-    free(vocab->hash_slots); /* a second call rebuilds */
+    mem_free(vocab->hash_slots); /* a second call rebuilds */
     vocab->hash_slots = NULL;
     lmoe_status st = finish(vocab);
     if (st != LMOE_OK) {
-        free(vocab->hash_slots);
+        mem_free(vocab->hash_slots);
         vocab->hash_slots = NULL;
         vocab->hash_mask = 0;
     }
     return st;
 }
 
+lmoe_status vocab_alloc(lmoe_vocab *vocab, uint32_t n_tokens, size_t storage_size) {
+    vocab->n_tokens = n_tokens;
+    vocab->pieces = mem_calloc(n_tokens, sizeof *vocab->pieces);
+    vocab->scores = mem_calloc(n_tokens, sizeof *vocab->scores);
+    vocab->types = mem_calloc(n_tokens, sizeof *vocab->types);
+    vocab->storage = mem_alloc(storage_size);
+    if (!vocab->pieces || !vocab->scores || !vocab->types || !vocab->storage) {
+        vocab_free(vocab);
+        return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "out of memory for a vocabulary of %u tokens",
+                          n_tokens);
+    }
+    return LMOE_OK;
+}
+
 void vocab_free(lmoe_vocab *vocab) {
     if (!vocab) return;
-    free(vocab->pieces);
-    free(vocab->scores);
-    free(vocab->types);
-    free(vocab->storage);
-    free(vocab->hash_slots);
+    mem_free(vocab->pieces);
+    mem_free(vocab->scores);
+    mem_free(vocab->types);
+    mem_free(vocab->storage);
+    mem_free(vocab->hash_slots);
     memset(vocab, 0, sizeof *vocab);
 }
 
@@ -170,10 +185,10 @@ void vocab_free(lmoe_vocab *vocab) {
  * GGUF: tokenizer.ggml.*
  * ---------------------------------------------------------------------------------------------- */
 
-/* malloc(n * size), or NULL when the product does not fit in size_t (32-bit hosts). */
+/* mem_alloc(n * size), or NULL when the product does not fit in size_t (32-bit hosts). */
 static void *alloc_array(uint64_t n, size_t size) {
     if (n == 0 || n > SIZE_MAX / size) return NULL;
-    return malloc((size_t)n * size);
+    return mem_alloc((size_t)n * size);
 }
 
 #define KEY_MODEL "tokenizer.ggml.model"
@@ -209,19 +224,19 @@ static lmoe_status load_pieces(lmoe_vocab *vocab, const gguf_file *file) {
     gguf_str *strs = alloc_array(kv->n_elems, sizeof *strs);
     vocab->pieces = alloc_array(kv->n_elems, sizeof *vocab->pieces);
     if (!strs || !vocab->pieces) {
-        free(strs);
+        mem_free(strs);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "out of memory for %u tokens", vocab->n_tokens);
     }
     gguf_array_strings(kv, strs);
     for (uint32_t i = 0; i < vocab->n_tokens; i++) {
         if (strs[i].len > UINT32_MAX) {
-            free(strs);
+            mem_free(strs);
             return lmoe_error(LMOE_ERR_BAD_FILE, "GGUF: " KEY_TOKENS "[%u] is too long", i);
         }
         vocab->pieces[i].text = strs[i].ptr;
         vocab->pieces[i].len = (uint32_t)strs[i].len;
     }
-    free(strs);
+    mem_free(strs);
     return LMOE_OK;
 }
 
@@ -304,8 +319,8 @@ static lmoe_status write_pieces(const lmoe_vocab *vocab, gguf_writer *w) {
     const char **strs = alloc_array(vocab->n_tokens, sizeof *strs);
     uint32_t *lens = alloc_array(vocab->n_tokens, sizeof *lens);
     if (!strs || !lens) {
-        free(strs);
-        free(lens);
+        mem_free(strs);
+        mem_free(lens);
         return lmoe_error(LMOE_ERR_OUT_OF_MEMORY, "out of memory for %u tokens", vocab->n_tokens);
     }
     for (uint32_t i = 0; i < vocab->n_tokens; i++) {
@@ -313,8 +328,8 @@ static lmoe_status write_pieces(const lmoe_vocab *vocab, gguf_writer *w) {
         lens[i] = vocab->pieces[i].len;
     }
     lmoe_status st = gguf_writer_set_str_array(w, KEY_TOKENS, strs, lens, vocab->n_tokens);
-    free(strs);
-    free(lens);
+    mem_free(strs);
+    mem_free(lens);
     return st;
 }
 

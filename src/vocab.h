@@ -48,6 +48,9 @@ typedef struct lmoe_vocab {
 /* Validates the filled arrays (ids in range, no empty or duplicate normal pieces, special ids
  * valid) and builds the lookup tables. Call once after filling pieces/scores/types and flags. */
 lmoe_status vocab_finish(lmoe_vocab *vocab);
+/* Allocates zeroed pieces, scores and types for n_tokens, and storage_size bytes of storage,
+ * through the library's allocator: vocab_free releases them (also on failure). */
+lmoe_status vocab_alloc(lmoe_vocab *vocab, uint32_t n_tokens, size_t storage_size);
 void vocab_free(lmoe_vocab *vocab);
 
 /* Reads tokenizer.ggml.* from a GGUF file; piece text points into the file, which must outlive

@@ -16,6 +16,7 @@
 
 #include "gguf.h"
 #include "llamamoe.h"
+#include "mem.h"
 #include "model.h"
 #include "test_util.h"
 
@@ -242,7 +243,7 @@ static void expect_model(const char *name, const tiny_opts *o, lmoe_status want,
     lmoe_status st = make_model(o, &buf, &size);
     CHECK_MSG(st == LMOE_OK, "case %s: cannot build: %s", name, lmoe_last_error());
     if (st == LMOE_OK) expect_load(name, buf, size, want, word);
-    free(buf);
+    mem_free(buf);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -600,7 +601,7 @@ static void test_vocab_only(void) {
     size_t size = 0;
     CHECK_OK(make_model(&o, &buf, &size));
     const char *path = write_case("vocab-only", buf, size);
-    free(buf);
+    mem_free(buf);
     lmoe_model *m = NULL;
     CHECK_OK(lmoe_model_load(path, NULL, &m));
     if (!m) return;
@@ -990,6 +991,6 @@ int main(void) {
     test_context_limits();
     test_null_arguments();
     test_params_sizes();
-    free(good);
+    mem_free(good);
     return test_finish("test_bad_input");
 }

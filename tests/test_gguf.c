@@ -9,6 +9,7 @@
 
 #include "gguf.h"
 #include "llamamoe.h"
+#include "mem.h"
 #include "test_util.h"
 
 /* Checks that a call fails with the given status and that the error text contains word. */
@@ -274,14 +275,14 @@ static void test_round_trip(void) {
     size_t size2 = 0;
     CHECK_OK(gguf_writer_write_memory(w, &buf2, &size2));
     CHECK(size2 == size && buf2 && memcmp(buf, buf2, size) == 0);
-    free(buf2);
+    mem_free(buf2);
 
     /* A file in a folder that does not exist cannot be written. */
     CHECK_FAIL(gguf_writer_write(w, test_tmp_path("no-such-dir/x.gguf")), LMOE_ERR_IO,
                "cannot create");
 
     gguf_writer_free(w);
-    free(buf);
+    mem_free(buf);
     for (size_t i = 0; i < N_TENSORS; i++) free(tensor_data[i]);
 }
 
@@ -298,7 +299,7 @@ static void test_metadata_only(void) {
     CHECK_OK(gguf_open_memory(buf, size, &f));
     CHECK(f && f->n_tensors == 0 && f->n_kv == 1 && f->tensors == NULL);
     gguf_close(f);
-    free(buf);
+    mem_free(buf);
     gguf_writer_free(w);
 
     /* An empty writer gives the 24-byte header, which opens. */
@@ -309,7 +310,7 @@ static void test_metadata_only(void) {
     CHECK_OK(gguf_open_memory(buf, size, &f));
     CHECK(f && f->n_tensors == 0 && f->n_kv == 0);
     gguf_close(f);
-    free(buf);
+    mem_free(buf);
     gguf_writer_free(w);
 }
 
@@ -380,7 +381,7 @@ static void test_writer_refusals(void) {
         CHECK(gguf_str_eq(f->tensors[1].name, "dup.key"));
     }
     gguf_close(f);
-    free(buf);
+    mem_free(buf);
     gguf_writer_free(w);
     gguf_writer_free(NULL);
 }
@@ -656,7 +657,7 @@ static void test_versions(void) {
         CHECK_FAIL(gguf_open_memory(buf, size, &f), LMOE_ERR_UNSUPPORTED, "version");
         CHECK(f == NULL);
     }
-    free(buf);
+    mem_free(buf);
 }
 
 static void test_open_arguments(void) {

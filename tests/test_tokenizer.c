@@ -9,6 +9,7 @@
 
 #include "gguf.h"
 #include "json.h"
+#include "mem.h"
 #include "test_util.h"
 #include "tokenizer_import.h"
 #include "vocab.h"
@@ -443,7 +444,7 @@ static void test_ggml_vocab(const lmoe_vocab *llama2) {
         vocab_free(&vocab);
         gguf_close(file);
     }
-    free(bytes);
+    mem_free(bytes);
     free_ggml_cases(&cases);
 }
 
@@ -491,7 +492,7 @@ static lmoe_status load_bad_gguf(gguf_bad_case which) {
         vocab_free(&vocab);
         gguf_close(file);
     }
-    free(bytes);
+    mem_free(bytes);
     return st;
 }
 
@@ -856,11 +857,8 @@ typedef struct small_token {
 
 static lmoe_status make_vocab(const small_token *t, uint32_t n, lmoe_vocab *v) {
     memset(v, 0, sizeof *v);
-    v->n_tokens = n;
-    v->pieces = calloc(n, sizeof *v->pieces);
-    v->scores = calloc(n, sizeof *v->scores);
-    v->types = calloc(n, sizeof *v->types);
-    if (!v->pieces || !v->scores || !v->types) return LMOE_ERR_OUT_OF_MEMORY;
+    lmoe_status st = vocab_alloc(v, n, 0);
+    if (st != LMOE_OK) return st;
     for (uint32_t i = 0; i < n; i++) {
         v->pieces[i].text = t[i].text;
         v->pieces[i].len = (uint32_t)strlen(t[i].text);
@@ -942,11 +940,8 @@ static void test_bpe_rules(void) {
 
     /* without byte pieces or an unknown token, unknown text cannot be encoded */
     memset(&v, 0, sizeof v);
-    v.n_tokens = 1;
-    v.pieces = calloc(1, sizeof *v.pieces);
-    v.scores = calloc(1, sizeof *v.scores);
-    v.types = calloc(1, sizeof *v.types);
-    if (v.pieces && v.scores && v.types) {
+    CHECK_OK(vocab_alloc(&v, 1, 0));
+    if (v.pieces) {
         v.pieces[0].text = "a";
         v.pieces[0].len = 1;
         v.types[0] = N;

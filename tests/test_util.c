@@ -5,6 +5,7 @@
 #include "file_map.h"
 #include "gguf.h"
 #include "llama2c.h"
+#include "mem.h"
 #include "tokenizer_import.h"
 
 #include <stdarg.h>
@@ -18,6 +19,10 @@ int test_failures = 0;
 int test_checks = 0;
 
 int test_finish(const char *name) {
+    /* Every block the library allocated must be back: a leak, or library memory freed with
+     * free() instead of through the library, shows here in every test. */
+    size_t live = mem_live_blocks();
+    CHECK_MSG(live == 0, "%zu blocks allocated by the library are still alive at exit", live);
     printf("%s: %d checks, %d failed\n", name, test_checks, test_failures);
     return test_failures == 0 ? 0 : 1;
 }

@@ -40,7 +40,8 @@ extern int test_checks;
                   lmoe_last_error());                                                               \
     } while (0)
 
-/* Prints a summary and returns the process exit code (0 when every check passed). */
+/* Checks that no block allocated by the library is alive, prints a summary and returns the
+ * process exit code (0 when every check passed). */
 int test_finish(const char *name);
 
 /* Path of a file in the shared models folder (static buffer, overwritten by the next call). */

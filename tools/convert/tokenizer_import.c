@@ -30,18 +30,6 @@ static float load_f32_le(const uint8_t *p) {
     return f;
 }
 
-/* Allocates the per-token arrays of out (zeroed pieces) and storage_size bytes of text. */
-static lmoe_status alloc_vocab(lmoe_vocab *out, uint32_t n_tokens, size_t storage_size) {
-    out->n_tokens = n_tokens;
-    out->pieces = calloc(n_tokens, sizeof *out->pieces);
-    out->scores = calloc(n_tokens, sizeof *out->scores);
-    out->types = calloc(n_tokens, sizeof *out->types);
-    out->storage = malloc(storage_size ? storage_size : 1);
-    RETURN_ERROR_IF(!out->pieces || !out->scores || !out->types || !out->storage,
-                    LMOE_ERR_OUT_OF_MEMORY, "out of memory for a vocabulary of %u tokens", n_tokens);
-    return LMOE_OK;
-}
-
 /* ------------------------------------------------------------------------------------------------
  * protobuf wire format
  * ---------------------------------------------------------------------------------------------- */
@@ -332,7 +320,7 @@ static lmoe_status spm_read(const void *data, size_t size, lmoe_vocab *out) {
                      .escape_whitespaces = true};
     FORWARD_IF_ERROR(spm_scan(r, &spec));
     FORWARD_IF_ERROR(spm_check_supported(&spec));
-    FORWARD_IF_ERROR(alloc_vocab(out, spec.n_pieces, spec.text_bytes));
+    FORWARD_IF_ERROR(vocab_alloc(out, spec.n_pieces, spec.text_bytes));
     uint32_t n_byte_pieces;
     FORWARD_IF_ERROR(spm_pieces(r, out, &n_byte_pieces));
     /* SentencePiece refuses such a model: its byte pieces would never be used */
@@ -458,7 +446,7 @@ static lmoe_status bin_read(const uint8_t *data, size_t size, uint32_t n_vocab, 
                     "tokenizer.bin: %zu bytes after the %u entries the model expects (wrong "
                     "vocabulary size?)", size - pos, n_vocab);
     /* pass 2: convert */
-    FORWARD_IF_ERROR(alloc_vocab(out, n_vocab, storage_size));
+    FORWARD_IF_ERROR(vocab_alloc(out, n_vocab, storage_size));
     out->bos_id = out->eos_id = out->unk_id = -1;
     pos = 4;
     size_t storage_used = 0;
