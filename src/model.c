@@ -187,9 +187,17 @@ static lmoe_status bind_tensor(lmoe_model *m, const char *name, uint64_t cols, u
     return LMOE_OK;
 }
 
+/* Norm weights are checked for NaN and infinity here: they are small (n_embd floats), and every
+ * activation passes through one. The matrices are too large to scan at load; what their non-finite
+ * values do is contained (routing and sampling never select by a NaN). */
 static lmoe_status bind_norm(lmoe_model *m, const char *name, const float **out) {
     weight_ref ref;
     FORWARD_IF_ERROR(bind_tensor(m, name, m->hp.n_embd, 0, 0, TYPES_F32, &ref));
+    const float *w = ref.data;
+    for (uint32_t i = 0; i < m->hp.n_embd; i++)
+        RETURN_ERROR_IF(!isfinite(w[i]), LMOE_ERR_BAD_FILE,
+                        "GGUF: tensor '%s' element %u is %g; norm weights must be finite", name, i,
+                        (double)w[i]);
     *out = ref.data;
     return LMOE_OK;
 }

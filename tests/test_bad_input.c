@@ -19,6 +19,7 @@
 #include "mem.h"
 #include "model.h"
 #include "test_util.h"
+#include "tiny_model.h"
 
 /* Checks status and that the error text contains word. */
 #define CHECK_STATUS(expr, status, word)                                                            \
@@ -34,107 +35,6 @@
 /* Placeholders that a failing constructor must overwrite with NULL. */
 static char sentinel_bytes[64];
 #define SENTINEL ((void *)sentinel_bytes)
-
-/* ------------------------------------------------------------------------------------------------
- * a tiny valid LLaMA model: n_embd 8, 1 layer, n_ff 16, 2 heads, 1 kv head, f32 weights
- * ---------------------------------------------------------------------------------------------- */
-
-#define N_EMBD 8
-#define N_FF 16
-#define N_EMBD_KV 4
-#define N_NORMAL 9
-#define N_VOCAB (3 + 256 + N_NORMAL)
-
-static const char *const normal_pieces[N_NORMAL] = {
-    "\xE2\x96\x81",  "a", "b", "c", "\xE2\x96\x81" "a", "\xE2\x96\x81" "b", "\xE2\x96\x81" "c",
-    "ab", "\xE2\x96\x81" "ab",
-};
-static const float normal_scores[N_NORMAL] = {-10, -11, -12, -13, -1, -2, -3, -4, -5};
-
-typedef struct tiny_opts {
-    const char *arch;         /* general.architecture; NULL = "llama" */
-    uint32_t n_head;          /* 0 = 2 */
-    uint32_t n_head_kv;       /* 0 = 1 */
-    uint64_t q_rows;          /* rows of blk.0.attn_q.weight; 0 = N_EMBD */
-    const char *omit_tensor;  /* a tensor to leave out */
-    float rms_eps;            /* 0 = 1e-5 */
-    bool no_tensors;          /* a vocabulary-only file: tokenizer keys, no hparams, no tensors */
-} tiny_opts;
-
-static uint32_t rng = 12345;
-
-static float small_random(void) {
-    rng = rng * 1664525u + 1013904223u;
-    return ((float)(rng >> 8) / 16777216.0f - 0.5f) * 0.2f;
-}
-
-typedef struct tensor_def {
-    const char *name;
-    uint64_t ne0, ne1;        /* ne1 0: a vector */
-} tensor_def;
-
-/* Builds the model into a malloc'd buffer (*buf, *size). */
-static lmoe_status make_model(const tiny_opts *o, uint8_t **buf, size_t *size) {
-    gguf_writer *w = NULL;
-    lmoe_status st = gguf_writer_create(&w);
-    if (st != LMOE_OK) return st;
-
-#define TRY(expr)                                                                                   \
-    do {                                                                                            \
-        if (st == LMOE_OK) st = (expr);                                                             \
-    } while (0)
-    TRY(gguf_writer_set_str(w, "general.architecture", o->arch ? o->arch : "llama"));
-    TRY(gguf_writer_set_str(w, "general.name", "tiny"));
-    if (!o->no_tensors) {
-        TRY(gguf_writer_set_u32(w, "llama.context_length", 32));
-        TRY(gguf_writer_set_u32(w, "llama.embedding_length", N_EMBD));
-        TRY(gguf_writer_set_u32(w, "llama.block_count", 1));
-        TRY(gguf_writer_set_u32(w, "llama.feed_forward_length", N_FF));
-        TRY(gguf_writer_set_u32(w, "llama.attention.head_count", o->n_head ? o->n_head : 2));
-        TRY(gguf_writer_set_u32(w, "llama.attention.head_count_kv",
-                                o->n_head_kv ? o->n_head_kv : 1));
-        TRY(gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon",
-                                o->rms_eps != 0 || isnan(o->rms_eps) ? o->rms_eps : 1e-5f));
-        TRY(gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f));
-    }
-    TRY(test_write_tiny_vocab(w, normal_pieces, normal_scores, N_NORMAL));
-
-    /* The last tensor ends the file: every size is a multiple of 32 bytes, so no padding follows
-     * it and a file cut anywhere loses tensor bytes. */
-    const tensor_def defs[] = {
-        {"token_embd.weight", N_EMBD, N_VOCAB},
-        {"output_norm.weight", N_EMBD, 0},
-        {"blk.0.attn_norm.weight", N_EMBD, 0},
-        {"blk.0.attn_q.weight", N_EMBD, o->q_rows ? o->q_rows : N_EMBD},
-        {"blk.0.attn_k.weight", N_EMBD, N_EMBD_KV},
-        {"blk.0.attn_v.weight", N_EMBD, N_EMBD_KV},
-        {"blk.0.attn_output.weight", N_EMBD, N_EMBD},
-        {"blk.0.ffn_norm.weight", N_EMBD, 0},
-        {"blk.0.ffn_gate.weight", N_EMBD, N_FF},
-        {"blk.0.ffn_up.weight", N_EMBD, N_FF},
-        {"blk.0.ffn_down.weight", N_FF, N_EMBD},
-    };
-    enum { N_DEFS = sizeof defs / sizeof defs[0] };
-    float *data[N_DEFS] = {0};
-    for (size_t i = 0; i < N_DEFS && !o->no_tensors; i++) {
-        const tensor_def *d = &defs[i];
-        if (o->omit_tensor && strcmp(o->omit_tensor, d->name) == 0) continue;
-        size_t n = (size_t)(d->ne0 * (d->ne1 ? d->ne1 : 1));
-        data[i] = malloc(n * sizeof(float));
-        if (!data[i]) {
-            st = LMOE_ERR_OUT_OF_MEMORY;
-            break;
-        }
-        for (size_t j = 0; j < n; j++) data[i][j] = d->ne1 ? small_random() : 1.0f;
-        uint64_t ne[2] = {d->ne0, d->ne1};
-        TRY(gguf_writer_add_tensor(w, d->name, GGML_TYPE_F32, d->ne1 ? 2 : 1, ne, data[i]));
-    }
-#undef TRY
-    if (st == LMOE_OK) st = gguf_writer_write_memory(w, buf, size);
-    for (size_t i = 0; i < N_DEFS; i++) free(data[i]);
-    gguf_writer_free(w);
-    return st;
-}
 
 /* The default valid model, built once. */
 static uint8_t *good;
@@ -240,7 +140,7 @@ static void expect_model(const char *name, const tiny_opts *o, lmoe_status want,
                          const char *word) {
     uint8_t *buf = NULL;
     size_t size = 0;
-    lmoe_status st = make_model(o, &buf, &size);
+    lmoe_status st = tiny_model_build(o, &buf, &size);
     CHECK_MSG(st == LMOE_OK, "case %s: cannot build: %s", name, lmoe_last_error());
     if (st == LMOE_OK) expect_load(name, buf, size, want, word);
     mem_free(buf);
@@ -258,8 +158,8 @@ static void test_good_model_loads(void) {
     lmoe_model_info info;
     memset(&info, 0xAB, sizeof info);
     if (m) CHECK_OK(lmoe_model_get_info(m, &info, sizeof info));
-    CHECK(info.has_weights == 1 && info.n_vocab == N_VOCAB && info.n_embd == N_EMBD &&
-          info.n_layer == 1 && info.n_head == 2 && info.n_head_kv == 1 && info.n_ff == N_FF);
+    CHECK(info.has_weights == 1 && info.n_vocab == TINY_N_VOCAB && info.n_embd == TINY_N_EMBD &&
+          info.n_layer == 1 && info.n_head == 2 && info.n_head_kv == 1 && info.n_ff == TINY_N_FF);
     lmoe_model_free(m);
 }
 
@@ -599,7 +499,7 @@ static void test_vocab_only(void) {
     o.no_tensors = true;
     uint8_t *buf = NULL;
     size_t size = 0;
-    CHECK_OK(make_model(&o, &buf, &size));
+    CHECK_OK(tiny_model_build(&o, &buf, &size));
     const char *path = write_case("vocab-only", buf, size);
     mem_free(buf);
     lmoe_model *m = NULL;
@@ -607,7 +507,7 @@ static void test_vocab_only(void) {
     if (!m) return;
     lmoe_model_info info;
     CHECK_OK(lmoe_model_get_info(m, &info, sizeof info));
-    CHECK(info.has_weights == 0 && info.n_vocab == N_VOCAB);
+    CHECK(info.has_weights == 0 && info.n_vocab == TINY_N_VOCAB);
     lmoe_token toks[16];
     size_t n = 0;
     CHECK_OK(lmoe_tokenize(m, "a b", 3, 1, toks, 16, &n));
@@ -691,7 +591,7 @@ static void test_context_limits(void) {
     CHECK(lmoe_context_n_tokens(ctx) == 3);
     const float *logits = lmoe_logits(ctx);
     CHECK(logits != NULL);
-    float saved[N_VOCAB];
+    float saved[TINY_N_VOCAB];
     if (logits) memcpy(saved, logits, sizeof saved);
     lmoe_token two[2] = {259 + 1, 259 + 2};
     CHECK_STATUS(lmoe_eval(ctx, two, 2), LMOE_ERR_CONTEXT_FULL, "do not fit");
@@ -700,7 +600,7 @@ static void test_context_limits(void) {
     if (logits) CHECK(memcmp(lmoe_logits(ctx), saved, sizeof saved) == 0);
 
     /* token ids outside the vocabulary: refused, context unchanged */
-    lmoe_token bad_hi[1] = {N_VOCAB};
+    lmoe_token bad_hi[1] = {TINY_N_VOCAB};
     CHECK_STATUS(lmoe_eval(ctx, bad_hi, 1), LMOE_ERR_INVALID_ARGUMENT, "outside the vocabulary");
     lmoe_token bad_neg[1] = {-1};
     CHECK_STATUS(lmoe_eval(ctx, bad_neg, 1), LMOE_ERR_INVALID_ARGUMENT, "outside the vocabulary");
@@ -980,7 +880,7 @@ static void test_params_sizes(void) {
 }
 
 int main(void) {
-    CHECK_OK(make_model(&(tiny_opts){0}, &good, &good_size));
+    CHECK_OK(tiny_model_build(&(tiny_opts){0}, &good, &good_size));
     if (!good) return test_finish("test_bad_input");
     test_good_model_loads();
     test_not_gguf();
