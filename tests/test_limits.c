@@ -127,6 +127,31 @@ static int on_token(void *user, lmoe_token token) {
     return 0;
 }
 
+/* Generates up to 12 tokens from prompt in a fresh context of n_ctx tokens (0: the model's),
+ * counting the tokens and those out of range into *c. */
+static lmoe_status generate_checked(const lmoe_model *m, uint32_t n_ctx,
+                                    const lmoe_sampler_params *sp, const char *prompt,
+                                    size_t prompt_len, token_check *c,
+                                    lmoe_generate_result *res) {
+    lmoe_context_params cp;
+    lmoe_context_default_params(&cp, sizeof cp);
+    cp.n_ctx = n_ctx;
+    lmoe_context *ctx = NULL;
+    lmoe_sampler *smp = NULL;
+    lmoe_status st = lmoe_context_create(m, &cp, &ctx);
+    if (st == LMOE_OK) st = lmoe_sampler_create(sp, &smp);
+    lmoe_generate_params gp;
+    lmoe_generate_default_params(&gp, sizeof gp);
+    gp.max_tokens = 12;
+    gp.on_token = on_token;
+    gp.user = c;
+    *c = (token_check){0, 0};
+    if (st == LMOE_OK) st = lmoe_generate(ctx, smp, prompt, prompt_len, &gp, res, sizeof *res);
+    lmoe_sampler_free(smp);
+    lmoe_context_free(ctx);
+    return st;
+}
+
 /* Generates greedily and sampled from a model with poisoned weights: must finish normally. */
 static void expect_contained(const char *tensor, float value) {
     tiny_opts o = {0};
@@ -137,32 +162,18 @@ static void expect_contained(const char *tensor, float value) {
     lmoe_status st = load_tiny(&o, &buf, &m);
     CHECK_MSG(st == LMOE_OK, "%s = %g: load: %s", tensor, (double)value, lmoe_last_error());
     for (int sampled = 0; st == LMOE_OK && sampled <= 1; sampled++) {
-        lmoe_context *ctx = NULL;
-        lmoe_sampler *smp = NULL;
         lmoe_sampler_params sp;
         lmoe_sampler_default_params(&sp, sizeof sp);
         sp.temperature = sampled ? 0.9f : 0.0f;
         sp.top_k = sampled ? 5 : 0;
         sp.repeat_penalty = 1.2f;
-        CHECK_OK(lmoe_context_create(m, NULL, &ctx));
-        CHECK_OK(lmoe_sampler_create(&sp, &smp));
-        token_check c = {0, 0};
-        lmoe_generate_params gp;
-        lmoe_generate_default_params(&gp, sizeof gp);
-        gp.max_tokens = 12;
-        gp.on_token = on_token;
-        gp.user = &c;
+        token_check c;
         lmoe_generate_result res;
-        if (ctx && smp) {
-            st = lmoe_generate(ctx, smp, "ab c", 4, &gp, &res, sizeof res);
-            CHECK_MSG(st == LMOE_OK, "%s = %g: generate: %s", tensor, (double)value,
-                      lmoe_last_error());
-            CHECK_MSG(c.n_tokens > 0 && c.n_out_of_range == 0,
-                      "%s = %g: %d tokens, %d out of range", tensor, (double)value, c.n_tokens,
-                      c.n_out_of_range);
-        }
-        lmoe_sampler_free(smp);
-        lmoe_context_free(ctx);
+        lmoe_status gst = generate_checked(m, 0, &sp, "ab c", 4, &c, &res);
+        CHECK_MSG(gst == LMOE_OK, "%s = %g: generate: %s", tensor, (double)value,
+                  lmoe_last_error());
+        CHECK_MSG(c.n_tokens > 0 && c.n_out_of_range == 0, "%s = %g: %d tokens, %d out of range",
+                  tensor, (double)value, c.n_tokens, c.n_out_of_range);
     }
     lmoe_model_free(m);
     free(buf);
@@ -269,26 +280,10 @@ static void test_invalid_utf8(void) {
     /* a prompt of every byte value, in generation */
     char all[256];
     for (int i = 0; i < 256; i++) all[i] = (char)(255 - i);
-    lmoe_context *ctx = NULL;
-    lmoe_context_params cp;
-    lmoe_context_default_params(&cp, sizeof cp);
-    cp.n_ctx = 300;
-    lmoe_sampler *smp = NULL;
-    CHECK_OK(lmoe_context_create(m, &cp, &ctx));
-    CHECK_OK(lmoe_sampler_create(NULL, &smp));
-    token_check c = {0, 0};
-    lmoe_generate_params gp;
-    lmoe_generate_default_params(&gp, sizeof gp);
-    gp.max_tokens = 8;
-    gp.on_token = on_token;
-    gp.user = &c;
+    token_check c;
     lmoe_generate_result res;
-    if (ctx && smp) {
-        CHECK_OK(lmoe_generate(ctx, smp, all, sizeof all, &gp, &res, sizeof res));
-        CHECK(res.n_prompt_tokens >= 256 && c.n_out_of_range == 0);
-    }
-    lmoe_sampler_free(smp);
-    lmoe_context_free(ctx);
+    CHECK_OK(generate_checked(m, 300, NULL, all, sizeof all, &c, &res));
+    CHECK(res.n_prompt_tokens >= 256 && c.n_tokens > 0 && c.n_out_of_range == 0);
     lmoe_model_free(m);
     free(buf);
 }
