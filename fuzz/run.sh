@@ -3,7 +3,10 @@
 # BUILD_DIR is a build configured with CC=clang -DLLAMAMOE_SANITIZE=ON -DLLAMAMOE_FUZZ=ON and built
 # (cmake --build BUILD_DIR --target fuzz). Work files go to BUILD_DIR/fuzz-work: stories260K
 # converted to GGUF (the model of fuzz_state and fuzz_tokenizer), seeds, corpora, crash files and
-# logs. Exits nonzero if any target reports a crash, leak, timeout or sanitizer error.
+# logs. Seeds come from fuzz/seedgen.c and the library's own tools, plus the small shared
+# tok512.model (copied into the work folder, never into the source tree); the inputs of
+# tests/fuzz-regress/<target>/ join each corpus too. Exits nonzero if any target reports a crash,
+# leak, timeout or sanitizer error.
 # Environment: LMOE_MODELS_DIR (default: ../shared/models next to the source tree).
 set -u
 if [ $# -ne 2 ]; then
@@ -25,7 +28,8 @@ for x in "$CONVERT" "$SEEDGEN"; do
     [ -n "$x" ] || { echo "run.sh: build the 'fuzz' target in $B first" >&2; exit 2; }
 done
 
-mkdir -p "$W/corpus-gguf" "$W/corpus-state" "$W/corpus-tokenizer" "$W/crashes" || exit 2
+mkdir -p "$W/corpus-gguf" "$W/corpus-state" "$W/corpus-tokenizer" "$W/corpus-safetensors" \
+    "$W/corpus-pytorch" "$W/corpus-spm" "$W/corpus-json" "$W/crashes" || exit 2
 MODEL=$W/stories260K.gguf
 "$CONVERT" llama2c "$MODELS/stories260K.bin" "$MODELS/tok512.bin" -o "$MODEL" >/dev/null 2>&1 || exit 1
 
@@ -40,6 +44,22 @@ printf ' leading and trailing  spaces \n\ttabs' >"$T/seed-space"
 printf 'caf\303\251 \344\270\255\346\226\207 \360\237\230\200' >"$T/seed-utf8"
 printf 'bad \377\376 \300\200 \355\240\200 trunc \342\202' >"$T/seed-invalid"
 printf 'nul\000inside\000' >"$T/seed-nul"
+# the converter's readers: files written by seedgen, and the real tok512 SentencePiece model
+"$SEEDGEN" safetensors "$W/corpus-safetensors" || exit 1
+"$SEEDGEN" pytorch "$W/corpus-pytorch" || exit 1
+"$SEEDGEN" spm "$W/corpus-spm" || exit 1
+"$SEEDGEN" json "$W/corpus-json" || exit 1
+cp "$MODELS/tok512.model" "$W/corpus-spm/seed-tok512.model" || exit 1
+# known hostile inputs as seeds too: mutations of them reach the checks they were made for
+for d in "$SRC"/tests/fuzz-regress/*/; do
+    t=$(basename "$d")
+    case $t in
+    fuzz_gguf_model) c=gguf ;;
+    fuzz_*) c=${t#fuzz_} ;;
+    *) continue ;;
+    esac
+    [ -d "$W/corpus-$c" ] && cp "$d"* "$W/corpus-$c/" 2>/dev/null
+done
 
 export LMOE_FUZZ_MODEL="$MODEL"
 # ASan's leak check stays on (libFuzzer reports leaks per input with -detect_leaks=1, the default)
@@ -73,4 +93,8 @@ run_target() { # name max_len corpus
 run_target fuzz_gguf_model 65536 "$W/corpus-gguf"
 run_target fuzz_state 65536 "$W/corpus-state"
 run_target fuzz_tokenizer 4096 "$W/corpus-tokenizer"
+run_target fuzz_safetensors 65536 "$W/corpus-safetensors"
+run_target fuzz_pytorch 65536 "$W/corpus-pytorch"
+run_target fuzz_spm 65536 "$W/corpus-spm"
+run_target fuzz_json 65536 "$W/corpus-json"
 exit $status

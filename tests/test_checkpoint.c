@@ -1,7 +1,8 @@
 /* test_checkpoint.c - the Hugging Face checkpoint readers (tools/convert/checkpoint.h): hand-built
- * safetensors files and torch.save zips (bytes written here, field by field, the way torch and the
- * safetensors library write them), the tiny LLaMA-MoE checkpoints in ../shared/models, and bad
- * inputs that must each fail with a given status and a message naming the problem. */
+ * safetensors files and torch.save zips (bytes written by torch_writer.c, field by field, the way
+ * torch and the safetensors library write them), the tiny LLaMA-MoE checkpoints in
+ * ../shared/models, and bad inputs that must each fail with a given status and a message naming
+ * the problem. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,43 +12,7 @@
 #include "error.h"
 #include "json.h"
 #include "test_util.h"
-
-/* ---------------------------------------------------------------------------------------------
- * a byte builder
- * ------------------------------------------------------------------------------------------- */
-
-typedef struct bytes {
-    uint8_t *data;
-    size_t len, cap;
-} bytes;
-
-static void put(bytes *b, const void *src, size_t n) {
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n) cap *= 2;
-        b->data = realloc(b->data, cap);
-        if (!b->data) abort(); /* a test harness may stop on OOM */
-        b->cap = cap;
-    }
-    if (n) memcpy(b->data + b->len, src, n);
-    b->len += n;
-}
-
-static void put_u8(bytes *b, unsigned v) {
-    uint8_t x = (uint8_t)v;
-    put(b, &x, 1);
-}
-
-static void put_le(bytes *b, uint64_t v, size_t n) {
-    for (size_t i = 0; i < n; i++) put_u8(b, (unsigned)(v >> (8 * i)) & 0xFF);
-}
-
-static void put_str(bytes *b, const char *s) { put(b, s, strlen(s)); }
-
-static void bytes_free(bytes *b) {
-    free(b->data);
-    memset(b, 0, sizeof *b);
-}
+#include "torch_writer.h"
 
 /* The status and message of the last call, for bad-input checks. */
 #define CHECK_FAILS(expr, want_status, word)                                                       \
@@ -95,17 +60,6 @@ static const ckpt_tensor *file_find(const ckpt_file *f, const char *name) {
  * safetensors, built by hand
  * ------------------------------------------------------------------------------------------- */
 
-/* 8-byte header length, the JSON padded with spaces to a multiple of 8, then the data. */
-static bytes make_safetensors(const char *json, const void *data, size_t data_len) {
-    bytes b = {0};
-    size_t n = strlen(json), padded = (n + 7) / 8 * 8;
-    put_le(&b, padded, 8);
-    put_str(&b, json);
-    for (size_t i = n; i < padded; i++) put_u8(&b, ' ');
-    put(&b, data, data_len);
-    return b;
-}
-
 /* 6 floats 0..5, then 4 bf16 (1, 2, -1, 0.5). */
 static const uint8_t *st_data(size_t *len) {
     static uint8_t data[32];
@@ -128,7 +82,7 @@ static const char ST_GOOD[] =
 static void test_safetensors_good(void) {
     size_t data_len;
     const uint8_t *data = st_data(&data_len);
-    bytes b = make_safetensors(ST_GOOD, data, data_len);
+    tw_bytes b = tw_make_safetensors(ST_GOOD, data, data_len);
     ckpt_file f;
     CHECK_OK(safetensors_parse(b.data, b.len, &f));
     CHECK(f.n_tensors == 3);
@@ -146,11 +100,11 @@ static void test_safetensors_good(void) {
     ckpt_file_close(&f); /* twice is harmless */
 
     /* only metadata: a file with no tensors is valid */
-    bytes empty = make_safetensors("{\"__metadata__\":{}}", NULL, 0);
+    tw_bytes empty = tw_make_safetensors("{\"__metadata__\":{}}", NULL, 0);
     CHECK_OK(safetensors_parse(empty.data, empty.len, &f));
     CHECK(f.n_tensors == 0);
     ckpt_file_close(&f);
-    bytes_free(&empty);
+    tw_bytes_free(&empty);
 
     /* every truncation fails cleanly */
     int all_bad = 1;
@@ -163,18 +117,18 @@ static void test_safetensors_good(void) {
         CHECK(f.tensors == NULL && f.n_tensors == 0);
     }
     CHECK(all_bad);
-    bytes_free(&b);
+    tw_bytes_free(&b);
 }
 
 static lmoe_status st_try(const char *json, size_t data_len) {
     size_t len;
     const uint8_t *data = st_data(&len);
-    bytes b = make_safetensors(json, data, data_len < len ? data_len : len);
+    tw_bytes b = tw_make_safetensors(json, data, data_len < len ? data_len : len);
     ckpt_file f;
     lmoe_status st = safetensors_parse(b.data, b.len, &f);
     if (st == LMOE_OK) ckpt_file_close(&f);
     CHECK(f.tensors == NULL && f.n_tensors == 0);
-    bytes_free(&b);
+    tw_bytes_free(&b);
     return st;
 }
 
@@ -223,7 +177,7 @@ static void test_safetensors_bad(void) {
     /* header length larger than the file, and over the sanity cap */
     size_t len;
     const uint8_t *data = st_data(&len);
-    bytes b = make_safetensors(ST_GOOD, data, len);
+    tw_bytes b = tw_make_safetensors(ST_GOOD, data, len);
     uint8_t saved[8];
     memcpy(saved, b.data, 8);
     b.data[0] = 0x00, b.data[1] = 0x10; /* 4096 > file */
@@ -233,7 +187,7 @@ static void test_safetensors_bad(void) {
     memcpy(b.data, saved, 8);
     CHECK_OK(safetensors_parse(b.data, b.len, &f));
     ckpt_file_close(&f);
-    bytes_free(&b);
+    tw_bytes_free(&b);
     CHECK_FAILS(safetensors_parse("", 0, &f), BAD, "shorter than");
     CHECK_FAILS(safetensors_parse(NULL, 0, &f), BAD, "shorter than");
 
@@ -259,309 +213,8 @@ static void test_safetensors_bad(void) {
  * torch.save zips, built by hand
  * ------------------------------------------------------------------------------------------- */
 
-typedef struct zrec {
-    const char *name;
-    const void *data;
-    size_t len;
-    uint16_t method;
-} zrec;
-
-typedef struct zip_opts {
-    int zip64_end;               /* write the ZIP64 end record and locator (torch always does) */
-    int zip64_extra;             /* sizes/offsets as 0xFFFFFFFF + the zip64 extra field */
-    int align;                   /* pad each local header's extra field so data starts at 64k */
-    uint64_t force_size;         /* nonzero: this size in the central directory of record 0.. */
-    int force_size_record;
-    uint64_t force_offset;       /* nonzero: this local header offset for force_size_record */
-} zip_opts;
-
-/* CRC-32 (ISO-HDLC, as zip uses): the readers do not check it, but other zip tools do. */
-static uint32_t crc32_of(const void *data, size_t len) {
-    const uint8_t *p = data;
-    uint32_t crc = 0xFFFFFFFFu;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= p[i];
-        for (int k = 0; k < 8; k++) crc = crc >> 1 ^ (0xEDB88320u & (0u - (crc & 1)));
-    }
-    return ~crc;
-}
-
-/* Writes records like torch's PyTorchStreamWriter (miniz): local headers with flags 0x0808 and
- * zero sizes, data aligned to 64 bytes through an "FB" extra field of 'Z's, a data descriptor,
- * the central directory, and the end records. */
-static bytes make_zip(const zrec *recs, size_t n, const zip_opts *o) {
-    bytes b = {0};
-    uint64_t offsets[32];
-    for (size_t i = 0; i < n; i++) {
-        offsets[i] = b.len;
-        size_t name_len = strlen(recs[i].name), extra = 0;
-        if (o->align) {
-            size_t at = b.len + 30 + name_len + 4;
-            extra = 4 + (64 - at % 64) % 64;
-        }
-        put_le(&b, 0x04034b50, 4);
-        put_le(&b, 0, 2);
-        put_le(&b, 0x0808, 2);
-        put_le(&b, recs[i].method, 2);
-        put_le(&b, 0, 4); /* time, date */
-        put_le(&b, 0, 4); /* crc (in the descriptor) */
-        put_le(&b, 0, 8); /* sizes (in the descriptor) */
-        put_le(&b, name_len, 2);
-        put_le(&b, extra, 2);
-        put_str(&b, recs[i].name);
-        if (extra) {
-            put_le(&b, 0x4246, 2); /* "FB" */
-            put_le(&b, extra - 4, 2);
-            for (size_t k = 4; k < extra; k++) put_u8(&b, 'Z');
-        }
-        put(&b, recs[i].data, recs[i].len);
-        put_le(&b, 0x08074b50, 4);
-        put_le(&b, crc32_of(recs[i].data, recs[i].len), 4);
-        put_le(&b, recs[i].len, 4);
-        put_le(&b, recs[i].len, 4);
-    }
-    uint64_t cd_start = b.len;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t size = recs[i].len, offset = offsets[i];
-        if (o->force_size && (size_t)o->force_size_record == i) size = o->force_size;
-        if (o->force_offset && (size_t)o->force_size_record == i) offset = o->force_offset;
-        int big = o->zip64_extra || size >= 0xFFFFFFFFu || offset >= 0xFFFFFFFFu;
-        put_le(&b, 0x02014b50, 4);
-        put_le(&b, 0x031e, 2);
-        put_le(&b, 0x2d, 2);
-        put_le(&b, 0x0808, 2);
-        put_le(&b, recs[i].method, 2);
-        put_le(&b, 0, 4);
-        put_le(&b, crc32_of(recs[i].data, recs[i].len), 4);
-        put_le(&b, big ? 0xFFFFFFFFu : size, 4);
-        put_le(&b, big ? 0xFFFFFFFFu : size, 4);
-        put_le(&b, strlen(recs[i].name), 2);
-        put_le(&b, big ? 28 : 0, 2);
-        put_le(&b, 0, 2); /* comment */
-        put_le(&b, 0, 2); /* disk */
-        put_le(&b, 0, 2);
-        put_le(&b, 0, 4);
-        put_le(&b, big ? 0xFFFFFFFFu : offset, 4);
-        put_str(&b, recs[i].name);
-        if (big) {
-            put_le(&b, 1, 2);
-            put_le(&b, 24, 2);
-            put_le(&b, size, 8);
-            put_le(&b, size, 8);
-            put_le(&b, offset, 8);
-        }
-    }
-    uint64_t cd_size = b.len - cd_start;
-    if (o->zip64_end) {
-        uint64_t eocd64 = b.len;
-        put_le(&b, 0x06064b50, 4);
-        put_le(&b, 44, 8);
-        put_le(&b, 0x031e, 2);
-        put_le(&b, 0x2d, 2);
-        put_le(&b, 0, 4);
-        put_le(&b, 0, 4);
-        put_le(&b, n, 8);
-        put_le(&b, n, 8);
-        put_le(&b, cd_size, 8);
-        put_le(&b, cd_start, 8);
-        put_le(&b, 0x07064b50, 4);
-        put_le(&b, 0, 4);
-        put_le(&b, eocd64, 8);
-        put_le(&b, 1, 4);
-    }
-    put_le(&b, 0x06054b50, 4);
-    put_le(&b, 0, 2);
-    put_le(&b, 0, 2);
-    put_le(&b, n, 2);
-    put_le(&b, n, 2);
-    put_le(&b, cd_size, 4);
-    put_le(&b, cd_start, 4);
-    put_le(&b, 0, 2);
-    return b;
-}
-
-/* ---- pickles, assembled opcode by opcode ---- */
-
-typedef struct pickler {
-    bytes b;
-    int proto4;                  /* SHORT_BINUNICODE, STACK_GLOBAL, MEMOIZE instead of X, c, q */
-    uint32_t next_memo;
-    /* memo slots of what torch's pickler memoizes once and fetches again (0 = not yet) */
-    uint32_t memo_rebuild, memo_dict, memo_storage_str, memo_cpu, memo_type[3];
-} pickler;
-
-static void pk_put_memo(pickler *p) {
-    if (p->proto4) {
-        put_u8(&p->b, 0x94);
-    } else if (p->next_memo < 256) {
-        put_u8(&p->b, 'q');
-        put_u8(&p->b, p->next_memo);
-    } else {
-        put_u8(&p->b, 'r');
-        put_le(&p->b, p->next_memo, 4);
-    }
-    p->next_memo++;
-}
-
-static void pk_get(pickler *p, uint32_t slot) {
-    if (slot < 256) {
-        put_u8(&p->b, 'h');
-        put_u8(&p->b, slot);
-    } else {
-        put_u8(&p->b, 'j');
-        put_le(&p->b, slot, 4);
-    }
-}
-
-static void pk_string(pickler *p, const char *s) {
-    size_t n = strlen(s);
-    if (p->proto4 && n < 256) {
-        put_u8(&p->b, 0x8c);
-        put_u8(&p->b, (unsigned)n);
-    } else {
-        put_u8(&p->b, 'X');
-        put_le(&p->b, n, 4);
-    }
-    put_str(&p->b, s);
-    pk_put_memo(p);
-}
-
-/* Pushes a memoized string or global, fetching it from the memo after the first time. */
-static void pk_global(pickler *p, const char *module, const char *name, uint32_t *slot) {
-    if (*slot) {
-        pk_get(p, *slot - 1);
-        return;
-    }
-    if (p->proto4) {
-        pk_string(p, module);
-        pk_string(p, name);
-        put_u8(&p->b, 0x93);
-    } else {
-        put_u8(&p->b, 'c');
-        put_str(&p->b, module);
-        put_u8(&p->b, '\n');
-        put_str(&p->b, name);
-        put_u8(&p->b, '\n');
-    }
-    *slot = p->next_memo + 1;
-    pk_put_memo(p);
-}
-
-static void pk_memo_string(pickler *p, const char *s, uint32_t *slot) {
-    if (*slot) {
-        pk_get(p, *slot - 1);
-        return;
-    }
-    *slot = p->next_memo + 1;
-    pk_string(p, s);
-}
-
-/* Python's pickler: BININT1, BININT2, BININT, then LONG1. */
-static void pk_int(pickler *p, int64_t v) {
-    if (v >= 0 && v < 256) {
-        put_u8(&p->b, 'K');
-        put_u8(&p->b, (unsigned)v);
-    } else if (v >= 0 && v < 65536) {
-        put_u8(&p->b, 'M');
-        put_le(&p->b, (uint64_t)v, 2);
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-        put_u8(&p->b, 'J');
-        put_le(&p->b, (uint64_t)v, 4);
-    } else {
-        put_u8(&p->b, 0x8a);
-        put_u8(&p->b, 8);
-        put_le(&p->b, (uint64_t)v, 8);
-    }
-}
-
-static void pk_int_tuple(pickler *p, const int64_t *v, int n) {
-    if (n == 0) {
-        put_u8(&p->b, ')');
-    } else if (n <= 3) {
-        for (int i = 0; i < n; i++) pk_int(p, v[i]);
-        put_u8(&p->b, 0x84 + n); /* TUPLE1..3 */
-    } else {
-        put_u8(&p->b, '(');
-        for (int i = 0; i < n; i++) pk_int(p, v[i]);
-        put_u8(&p->b, 't');
-    }
-    pk_put_memo(p);
-}
-
-typedef struct tspec {
-    const char *name;
-    int type;                    /* 0 Float, 1 Half, 2 BFloat16 */
-    const char *key;             /* storage record data/<key> */
-    int64_t numel;               /* storage elements, in the persistent id */
-    int64_t offset;              /* storage_offset */
-    int n_dims;
-    int64_t size[4], stride[4];
-} tspec;
-
-static const char *const STORAGE_NAMES[3] = {"FloatStorage", "HalfStorage", "BFloat16Storage"};
-
-/* torch.save({name: tensor, ...}) as torch 1.13 writes it with protocol 2; as_parameter wraps
- * each tensor in _rebuild_parameter, as pickling an nn.Parameter does. */
-static bytes make_pickle(const tspec *t, size_t n, int proto4, int as_parameter) {
-    pickler p = {.proto4 = proto4};
-    uint32_t memo_param = 0;
-    put_u8(&p.b, 0x80);
-    put_u8(&p.b, proto4 ? 4 : 2);
-    if (proto4) { /* a FRAME around everything, as protocol 4 writes it */
-        put_u8(&p.b, 0x95);
-        put_le(&p.b, 0, 8);
-    }
-    put_u8(&p.b, '}');
-    pk_put_memo(&p);
-    put_u8(&p.b, '(');
-    for (size_t i = 0; i < n; i++) {
-        pk_string(&p, t[i].name);
-        if (as_parameter) {
-            pk_global(&p, "torch._utils", "_rebuild_parameter", &memo_param);
-            put_u8(&p.b, '(');
-        }
-        pk_global(&p, "torch._utils", "_rebuild_tensor_v2", &p.memo_rebuild);
-        put_u8(&p.b, '(');
-        put_u8(&p.b, '(');
-        pk_memo_string(&p, "storage", &p.memo_storage_str);
-        pk_global(&p, "torch", STORAGE_NAMES[t[i].type], &p.memo_type[t[i].type]);
-        pk_string(&p, t[i].key);
-        pk_memo_string(&p, "cpu", &p.memo_cpu);
-        pk_int(&p, t[i].numel);
-        put_u8(&p.b, 't');
-        pk_put_memo(&p);
-        put_u8(&p.b, 'Q');
-        pk_int(&p, t[i].offset);
-        pk_int_tuple(&p, t[i].size, t[i].n_dims);
-        pk_int_tuple(&p, t[i].stride, t[i].n_dims);
-        put_u8(&p.b, 0x89);
-        pk_global(&p, "collections", "OrderedDict", &p.memo_dict);
-        put_u8(&p.b, ')');
-        put_u8(&p.b, 'R');
-        pk_put_memo(&p);
-        put_u8(&p.b, 't');
-        pk_put_memo(&p);
-        put_u8(&p.b, 'R');
-        pk_put_memo(&p);
-        if (as_parameter) {
-            put_u8(&p.b, 0x88);
-            pk_global(&p, "collections", "OrderedDict", &p.memo_dict);
-            put_u8(&p.b, ')');
-            put_u8(&p.b, 'R');
-            pk_put_memo(&p);
-            put_u8(&p.b, 't');
-            pk_put_memo(&p);
-            put_u8(&p.b, 'R');
-            pk_put_memo(&p);
-        }
-    }
-    put_u8(&p.b, 'u');
-    put_u8(&p.b, '.');
-    return p.b;
-}
-
-static bytes make_state_dict_pickle(const tspec *t, size_t n, int proto4) {
-    return make_pickle(t, n, proto4, 0);
+static tw_bytes make_state_dict_pickle(const tw_tensor *t, size_t n, int proto4) {
+    return tw_make_pickle(t, n, proto4, 0);
 }
 
 /* Storage "0": 6 floats 0..5. Storage "1": 4 bf16 (1, 2, -1, 0.5). */
@@ -569,42 +222,43 @@ static const float STORAGE0[6] = {0, 1, 2, 3, 4, 5};
 static const uint16_t STORAGE1[4] = {0x3F80, 0x4000, 0xBF80, 0x3F00};
 
 /* A shard "archive/..." with the given pickle and the two storages. */
-static bytes make_torch_zip(const bytes *pkl, const zip_opts *o, uint16_t storage_method) {
+static tw_bytes make_torch_zip(const tw_bytes *pkl, const tw_zip_opts *o,
+                               uint16_t storage_method) {
     static const char version[] = "3\n";
-    zrec recs[] = {
+    tw_zip_record recs[] = {
         {"archive/data.pkl", pkl->data, pkl->len, 0},
         {"archive/data/0", STORAGE0, sizeof STORAGE0, storage_method},
         {"archive/data/1", STORAGE1, sizeof STORAGE1, 0},
         {"archive/version", version, 2, 0},
     };
-    return make_zip(recs, 4, o);
+    return tw_make_zip(recs, 4, o);
 }
 
-static const tspec SPEC_A = {"a", 0, "0", 6, 0, 2, {2, 3}, {3, 1}};
+static const tw_tensor SPEC_A = {"a", 0, "0", 6, 0, 2, {2, 3}, {3, 1}};
 
-static lmoe_status torch_try(const tspec *t, size_t n, const zip_opts *o) {
-    bytes pkl = make_state_dict_pickle(t, n, 0);
-    bytes zip = make_torch_zip(&pkl, o, 0);
+static lmoe_status torch_try(const tw_tensor *t, size_t n, const tw_zip_opts *o) {
+    tw_bytes pkl = make_state_dict_pickle(t, n, 0);
+    tw_bytes zip = make_torch_zip(&pkl, o, 0);
     ckpt_file f;
     lmoe_status st = pytorch_zip_parse(zip.data, zip.len, &f);
     if (st == LMOE_OK) ckpt_file_close(&f);
     CHECK(f.tensors == NULL && f.n_tensors == 0);
-    bytes_free(&pkl);
-    bytes_free(&zip);
+    tw_bytes_free(&pkl);
+    tw_bytes_free(&zip);
     return st;
 }
 
 /* A zip whose data.pkl is the given raw pickle bytes. */
 static lmoe_status raw_pickle_try(const void *pkl_bytes, size_t len) {
-    bytes pkl = {0};
-    put(&pkl, pkl_bytes, len);
-    zip_opts o = {.zip64_end = 1, .align = 1};
-    bytes zip = make_torch_zip(&pkl, &o, 0);
+    tw_bytes pkl = {0};
+    tw_put(&pkl, pkl_bytes, len);
+    tw_zip_opts o = {.zip64_end = 1, .align = 1};
+    tw_bytes zip = make_torch_zip(&pkl, &o, 0);
     ckpt_file f;
     lmoe_status st = pytorch_zip_parse(zip.data, zip.len, &f);
     if (st == LMOE_OK) ckpt_file_close(&f);
-    bytes_free(&pkl);
-    bytes_free(&zip);
+    tw_bytes_free(&pkl);
+    tw_bytes_free(&zip);
     return st;
 }
 
@@ -625,13 +279,13 @@ static void check_state_dict(const ckpt_file *f) {
 }
 
 static void test_torch_good(void) {
-    const tspec specs[] = {
+    const tw_tensor specs[] = {
         SPEC_A,
         {"b", 0, "0", 6, 3, 1, {3}, {1}},
         /* a size-1 dim may have any stride (torch writes what the view had) */
         {"c", 2, "1", 4, 0, 4, {1, 2, 1, 2}, {99, 2, 7, 1}},
     };
-    const zip_opts variants[] = {
+    const tw_zip_opts variants[] = {
         {.zip64_end = 1, .align = 1}, /* torch 1.13 */
         {.align = 1},                 /* no zip64 end records */
         {.zip64_end = 1, .zip64_extra = 1, .align = 1},
@@ -639,36 +293,36 @@ static void test_torch_good(void) {
     for (int proto4 = 0; proto4 < 2; proto4++) {
         for (size_t v = 0; v < 2 * sizeof variants / sizeof variants[0]; v++) {
             int as_parameter = v % 2;
-            bytes pkl = make_pickle(specs, 3, proto4, as_parameter);
-            bytes zip = make_torch_zip(&pkl, &variants[v / 2], 0);
+            tw_bytes pkl = tw_make_pickle(specs, 3, proto4, as_parameter);
+            tw_bytes zip = make_torch_zip(&pkl, &variants[v / 2], 0);
             ckpt_file f;
             lmoe_status st = pytorch_zip_parse(zip.data, zip.len, &f);
             CHECK_MSG(st == LMOE_OK, "proto4 %d variant %zu: %s", proto4, v, lmoe_last_error());
             if (st == LMOE_OK) check_state_dict(&f);
             ckpt_file_close(&f);
-            bytes_free(&pkl);
-            bytes_free(&zip);
+            tw_bytes_free(&pkl);
+            tw_bytes_free(&zip);
         }
     }
 
     /* many tensors: memo indices past 255 use LONG_BINPUT / LONG_BINGET */
-    tspec many[40];
+    tw_tensor many[40];
     char names[40][16];
     for (int i = 0; i < 40; i++) {
         snprintf(names[i], sizeof names[i], "t%d", i);
-        many[i] = (tspec){names[i], 0, "0", 6, i % 6, 1, {1}, {1}};
+        many[i] = (tw_tensor){names[i], 0, "0", 6, i % 6, 1, {1}, {1}};
     }
-    bytes pkl = make_state_dict_pickle(many, 40, 0);
-    zip_opts o = {.zip64_end = 1, .align = 1};
-    bytes zip = make_torch_zip(&pkl, &o, 0);
+    tw_bytes pkl = make_state_dict_pickle(many, 40, 0);
+    tw_zip_opts o = {.zip64_end = 1, .align = 1};
+    tw_bytes zip = make_torch_zip(&pkl, &o, 0);
     ckpt_file f;
     CHECK_OK(pytorch_zip_parse(zip.data, zip.len, &f));
     CHECK(f.n_tensors == 40);
     for (size_t i = 0; i < f.n_tensors; i++)
         CHECK(f32_at(f.tensors[i].data, 0) == (float)(i % 6));
     ckpt_file_close(&f);
-    bytes_free(&pkl);
-    bytes_free(&zip);
+    tw_bytes_free(&pkl);
+    tw_bytes_free(&zip);
 
     /* a file on disk, through the map */
     pkl = make_state_dict_pickle(&SPEC_A, 1, 0);
@@ -678,14 +332,14 @@ static void test_torch_good(void) {
     CHECK_OK(pytorch_zip_open(path, &f));
     CHECK(f.owns_map == 1 && f.n_tensors == 1 && f.map.size == zip.len);
     ckpt_file_close(&f);
-    bytes_free(&pkl);
-    bytes_free(&zip);
+    tw_bytes_free(&pkl);
+    tw_bytes_free(&zip);
 }
 
 static void test_torch_truncated(void) {
-    bytes pkl = make_state_dict_pickle(&SPEC_A, 1, 0);
-    zip_opts o = {.zip64_end = 1, .align = 1};
-    bytes zip = make_torch_zip(&pkl, &o, 0);
+    tw_bytes pkl = make_state_dict_pickle(&SPEC_A, 1, 0);
+    tw_zip_opts o = {.zip64_end = 1, .align = 1};
+    tw_bytes zip = make_torch_zip(&pkl, &o, 0);
     ckpt_file f;
     int all_bad = 1;
     for (size_t len = 0; len < zip.len; len++) {
@@ -709,8 +363,8 @@ static void test_torch_truncated(void) {
         }
     }
     CHECK(all_bad);
-    bytes_free(&pkl);
-    bytes_free(&zip);
+    tw_bytes_free(&pkl);
+    tw_bytes_free(&zip);
 }
 
 /* A literal pickle (sizeof, so embedded NULs count). */
@@ -718,7 +372,7 @@ static void test_torch_truncated(void) {
 
 static void test_torch_bad(void) {
     const lmoe_status BAD = LMOE_ERR_BAD_FILE, UNSUP = LMOE_ERR_UNSUPPORTED;
-    zip_opts o = {.zip64_end = 1, .align = 1};
+    tw_zip_opts o = {.zip64_end = 1, .align = 1};
 
     /* globals that run code */
     static const char os_system[] =
@@ -765,7 +419,7 @@ static void test_torch_bad(void) {
     }
 
     /* tensors that are not a plain block of their storage */
-    tspec t = SPEC_A;
+    tw_tensor t = SPEC_A;
     t.stride[0] = 1, t.stride[1] = 2;
     CHECK_FAILS(torch_try(&t, 1, &o), UNSUP, "non-contiguous");
     CHECK(strstr(lmoe_last_error(), "(2, 3)") && strstr(lmoe_last_error(), "(1, 2)"));
@@ -784,58 +438,59 @@ static void test_torch_bad(void) {
     t = SPEC_A;
     t.n_dims = 1;
     t.size[0] = 6, t.stride[0] = 1; /* fine; then a duplicate name */
-    tspec dup[2] = {t, t};
+    tw_tensor dup[2] = {t, t};
     CHECK_OK(torch_try(&t, 1, &o));
     CHECK_FAILS(torch_try(dup, 2, &o), BAD, "appears twice");
 
     /* zip problems */
-    bytes pkl = make_state_dict_pickle(&SPEC_A, 1, 0);
+    tw_bytes pkl = make_state_dict_pickle(&SPEC_A, 1, 0);
     ckpt_file f;
-    bytes zip = make_torch_zip(&pkl, &o, 8); /* data/0 marked deflate */
+    tw_bytes zip = make_torch_zip(&pkl, &o, 8); /* data/0 marked deflate */
     CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), UNSUP, "compressed (method 8)");
-    bytes_free(&zip);
+    tw_bytes_free(&zip);
     {
-        zrec recs[] = {{"archive/data.pkl", pkl.data, pkl.len, 8}};
-        zip = make_zip(recs, 1, &o);
+        tw_zip_record recs[] = {{"archive/data.pkl", pkl.data, pkl.len, 8}};
+        zip = tw_make_zip(recs, 1, &o);
         CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), UNSUP, "compressed");
-        bytes_free(&zip);
+        tw_bytes_free(&zip);
     }
     {
-        zrec recs[] = {{"archive/other.pkl", pkl.data, pkl.len, 0}};
-        zip = make_zip(recs, 1, &o);
+        tw_zip_record recs[] = {{"archive/other.pkl", pkl.data, pkl.len, 0}};
+        zip = tw_make_zip(recs, 1, &o);
         CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "data.pkl");
-        bytes_free(&zip);
+        tw_bytes_free(&zip);
     }
     {
-        zrec recs[] = {{"a/data.pkl", pkl.data, pkl.len, 0}, {"b/data.pkl", pkl.data, pkl.len, 0}};
-        zip = make_zip(recs, 2, &o);
+        tw_zip_record recs[] = {{"a/data.pkl", pkl.data, pkl.len, 0},
+                                {"b/data.pkl", pkl.data, pkl.len, 0}};
+        zip = tw_make_zip(recs, 2, &o);
         CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "two pickles");
-        bytes_free(&zip);
+        tw_bytes_free(&zip);
     }
     {
-        zrec recs[] = {{"archive/data.pkl", pkl.data, pkl.len, 0},
+        tw_zip_record recs[] = {{"archive/data.pkl", pkl.data, pkl.len, 0},
                        {"archive/data/0", STORAGE0, sizeof STORAGE0, 0},
                        {"archive/data/0", STORAGE0, sizeof STORAGE0, 0}};
-        zip = make_zip(recs, 3, &o);
+        zip = tw_make_zip(recs, 3, &o);
         CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "two records are named");
-        bytes_free(&zip);
+        tw_bytes_free(&zip);
     }
     /* a record whose size, or local header offset, points past the file */
-    zip_opts big = o;
+    tw_zip_opts big = o;
     big.force_size_record = 1;
     big.force_size = 1u << 30;
     zip = make_torch_zip(&pkl, &big, 0);
     CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "run past the end");
-    bytes_free(&zip);
+    tw_bytes_free(&zip);
     big.force_size = 0;
     big.force_offset = 1ull << 40; /* needs the zip64 extra field */
     zip = make_torch_zip(&pkl, &big, 0);
     CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "local header");
-    bytes_free(&zip);
+    tw_bytes_free(&zip);
     big.force_offset = 3; /* inside the file, but no local header there */
     zip = make_torch_zip(&pkl, &big, 0);
     CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "local header");
-    bytes_free(&zip);
+    tw_bytes_free(&zip);
     /* central directory offset past the end record */
     zip = make_torch_zip(&pkl, &o, 0);
     memcpy(zip.data + zip.len - 6, "\xff\xff\xff\x7f", 4);
@@ -844,14 +499,14 @@ static void test_torch_bad(void) {
     CHECK(memcmp(zip.data + eocd64, "PK\x06\x06", 4) == 0);
     memcpy(zip.data + eocd64 + 48, "\xff\xff\xff\x7f\0\0\0\0", 8);
     CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), BAD, "central directory");
-    bytes_free(&zip);
+    tw_bytes_free(&zip);
     /* storages are read in place, so they must be aligned to their element (torch aligns to 64) */
     {
-        bytes pad = {0};
-        put(&pad, pkl.data, pkl.len);
+        tw_bytes pad = {0};
+        tw_put(&pad, pkl.data, pkl.len);
         int n_ok = 0, n_refused = 0;
         for (int shift = 0; shift < 4; shift++) {
-            zip_opts plain = {0};
+            tw_zip_opts plain = {0};
             zip = make_torch_zip(&pad, &plain, 0);
             lmoe_status st = pytorch_zip_parse(zip.data, zip.len, &f);
             const ckpt_tensor *at = st == LMOE_OK ? file_find(&f, "a") : NULL;
@@ -861,19 +516,19 @@ static void test_torch_bad(void) {
             n_ok += st == LMOE_OK;
             n_refused += st == UNSUP;
             ckpt_file_close(&f);
-            bytes_free(&zip);
-            put_u8(&pad, 0); /* bytes after STOP are never read: still valid, data moves */
+            tw_bytes_free(&zip);
+            tw_put_u8(&pad, 0); /* bytes after STOP are never read: still valid, data moves */
         }
         CHECK(n_ok == 1 && n_refused == 3);
-        bytes_free(&pad);
+        tw_bytes_free(&pad);
     }
     /* torch >= 2.1 writes a byteorder record: "little" is read, "big" refused */
     for (int big_endian = 0; big_endian < 2; big_endian++) {
-        zrec recs[] = {{"archive/data.pkl", pkl.data, pkl.len, 0},
+        tw_zip_record recs[] = {{"archive/data.pkl", pkl.data, pkl.len, 0},
                        {"archive/byteorder", big_endian ? "big" : "little", big_endian ? 3 : 6, 0},
                        {"archive/data/0", STORAGE0, sizeof STORAGE0, 0},
                        {"archive/.data/serialization_id", "1234", 4, 8}};
-        zip = make_zip(recs, 4, &o);
+        zip = tw_make_zip(recs, 4, &o);
         if (big_endian) {
             CHECK_FAILS(pytorch_zip_parse(zip.data, zip.len, &f), UNSUP, "not little-endian");
         } else {
@@ -881,12 +536,12 @@ static void test_torch_bad(void) {
             CHECK(f.n_tensors == 1);
             ckpt_file_close(&f);
         }
-        bytes_free(&zip);
+        tw_bytes_free(&zip);
     }
     /* a legacy torch.save file is recognised */
     CHECK_FAILS(pytorch_zip_parse(pkl.data, pkl.len, &f), UNSUP, "legacy");
     CHECK_FAILS(pytorch_zip_parse("PK", 2, &f), BAD, "too short");
-    bytes_free(&pkl);
+    tw_bytes_free(&pkl);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -922,15 +577,17 @@ static void write_str_in(const char *dir, const char *name, const char *s) {
 /* Two safetensors shards: a.safetensors {x, y}, b.safetensors {z}. */
 static void write_st_shards(const char *dir) {
     const float v[4] = {1, 2, 3, 4};
-    bytes a = make_safetensors("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                               "\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
-                               v, 12);
-    bytes b = make_safetensors("{\"z\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]}}",
-                               v + 3, 4);
+    tw_bytes a =
+        tw_make_safetensors("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                            "\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+                            v, 12);
+    tw_bytes b =
+        tw_make_safetensors("{\"z\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]}}",
+                            v + 3, 4);
     write_in(dir, "a.safetensors", a.data, a.len);
     write_in(dir, "b.safetensors", b.data, b.len);
-    bytes_free(&a);
-    bytes_free(&b);
+    tw_bytes_free(&a);
+    tw_bytes_free(&b);
 }
 
 typedef struct progress_log {
@@ -1003,10 +660,10 @@ static void test_set_safetensors(void) {
     CHECK_FAILS(ckpt_set_open_dir(dir, &set, NULL, NULL), LMOE_ERR_BAD_FILE, "JSON");
     /* ... a tensor in two shards */
     const float v = 1;
-    bytes dup =
-        make_safetensors("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", &v, 4);
+    tw_bytes dup = tw_make_safetensors(
+        "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", &v, 4);
     write_in(dir, "b.safetensors", dup.data, dup.len);
-    bytes_free(&dup);
+    tw_bytes_free(&dup);
     write_str_in(dir, "model.safetensors.index.json",
                  "{\"weight_map\": {\"x\": \"a.safetensors\", \"y\": \"b.safetensors\"}}");
     CHECK_FAILS(ckpt_set_open_dir(dir, &set, NULL, NULL), LMOE_ERR_BAD_FILE, "in two shards");
@@ -1020,10 +677,10 @@ static void test_set_safetensors(void) {
     /* no index: the single file */
     dir = make_dir("ckpt_set_single");
     const float w[2] = {7, 8};
-    bytes one = make_safetensors("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                                 w, 8);
+    tw_bytes one = tw_make_safetensors(
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", w, 8);
     write_in(dir, "model.safetensors", one.data, one.len);
-    bytes_free(&one);
+    tw_bytes_free(&one);
     log.calls = 0;
     CHECK_OK(ckpt_set_open_dir(dir, &set, on_progress, &log));
     CHECK(set.n_files == 1 && log.calls == 1 && log.last_count == 1);
@@ -1044,11 +701,11 @@ static void test_set_safetensors(void) {
 
 static void test_set_torch(void) {
     const char *dir = make_dir("ckpt_set_torch");
-    const tspec a[] = {SPEC_A, {"b", 0, "0", 6, 3, 1, {3}, {1}}};
-    const tspec c[] = {{"c", 2, "1", 4, 0, 1, {4}, {1}}};
-    zip_opts o = {.zip64_end = 1, .align = 1};
-    bytes pa = make_state_dict_pickle(a, 2, 0), pc = make_state_dict_pickle(c, 1, 0);
-    bytes za = make_torch_zip(&pa, &o, 0), zc = make_torch_zip(&pc, &o, 0);
+    const tw_tensor a[] = {SPEC_A, {"b", 0, "0", 6, 3, 1, {3}, {1}}};
+    const tw_tensor c[] = {{"c", 2, "1", 4, 0, 1, {4}, {1}}};
+    tw_zip_opts o = {.zip64_end = 1, .align = 1};
+    tw_bytes pa = make_state_dict_pickle(a, 2, 0), pc = make_state_dict_pickle(c, 1, 0);
+    tw_bytes za = make_torch_zip(&pa, &o, 0), zc = make_torch_zip(&pc, &o, 0);
     write_in(dir, "a.bin", za.data, za.len);
     write_in(dir, "b.bin", zc.data, zc.len);
     write_str_in(dir, "pytorch_model.bin.index.json",
@@ -1073,10 +730,10 @@ static void test_set_torch(void) {
     CHECK_OK(ckpt_set_open_dir(dir, &set, NULL, NULL));
     CHECK(set.n_files == 1 && set.files[0].n_tensors == 2);
     ckpt_set_close(&set);
-    bytes_free(&pa);
-    bytes_free(&pc);
-    bytes_free(&za);
-    bytes_free(&zc);
+    tw_bytes_free(&pa);
+    tw_bytes_free(&pc);
+    tw_bytes_free(&za);
+    tw_bytes_free(&zc);
 }
 
 /* ---------------------------------------------------------------------------------------------

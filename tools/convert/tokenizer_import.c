@@ -269,6 +269,9 @@ static lmoe_status spm_piece(pb_reader r, uint32_t index, lmoe_vocab *out, size_
     pb_field f;
     bool more;
     out->types[index] = VOCAB_TYPE_NORMAL;
+    /* a piece message without its text (field 1) is an empty piece, but its text pointer is
+     * valid like every other's: the decoder forms text + offset for it (fuzz_spm found NULL + 0) */
+    out->pieces[index].text = out->storage + *storage_used;
     for (;;) {
         FORWARD_IF_ERROR(pb_next(&r, &f, &more));
         if (!more) return LMOE_OK;
