@@ -105,7 +105,8 @@ static lmoe_status check_special_id(const lmoe_vocab *vocab, int32_t id, const c
 
 static lmoe_status check_token(lmoe_vocab *vocab, uint32_t id) {
     int32_t type = vocab->types[id];
-    const vocab_piece *p = &vocab->pieces[id];
+    vocab_piece *p = &vocab->pieces[id];
+    if (p->len == 0 && !p->text) p->text = ""; /* decoding forms text + 0: never from NULL */
     RETURN_ERROR_IF(type < VOCAB_TYPE_NORMAL || type > VOCAB_TYPE_BYTE, LMOE_ERR_BAD_FILE,
                     "tokenizer.ggml.token_type[%u]: type %d is not one of 1..6", id, type);
     RETURN_ERROR_IF(!isfinite(vocab->scores[id]), LMOE_ERR_BAD_FILE,
