@@ -1,5 +1,6 @@
 #!/bin/sh
-# fuzz/run.sh BUILD_DIR SECONDS - runs every libFuzzer target for SECONDS each.
+# fuzz/run.sh BUILD_DIR SECONDS [TARGET...] - runs every libFuzzer target (or the ones named) for
+# SECONDS each, one after the other; two calls with different targets can share a build.
 # BUILD_DIR is a build configured with CC=clang -DLLAMAMOE_SANITIZE=ON -DLLAMAMOE_FUZZ=ON and built
 # (cmake --build BUILD_DIR --target fuzz). Work files go to BUILD_DIR/fuzz-work: stories260K
 # converted to GGUF (the model of fuzz_state and fuzz_tokenizer), seeds, corpora, crash files and
@@ -9,12 +10,14 @@
 # leak, timeout or sanitizer error.
 # Environment: LMOE_MODELS_DIR (default: ../shared/models next to the source tree).
 set -u
-if [ $# -ne 2 ]; then
-    echo "usage: $0 BUILD_DIR SECONDS" >&2
+if [ $# -lt 2 ]; then
+    echo "usage: $0 BUILD_DIR SECONDS [TARGET...]" >&2
     exit 2
 fi
 B=$(cd "$1" && pwd) || exit 2
 SECS=$2
+shift 2
+ONLY=" $* "
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 MODELS=${LMOE_MODELS_DIR:-$SRC/../shared/models}
 W=$B/fuzz-work
@@ -68,6 +71,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 status=0
 run_target() { # name max_len corpus
+    case $ONLY in "  " | *" $1 "*) ;; *) return ;; esac
     exe=$(find_exe "$1")
     if [ -z "$exe" ]; then
         echo "run.sh: $1 not built" >&2
