@@ -97,8 +97,8 @@ LMOE_API const char *lmoe_last_error(void);
  * ------------------------------------------------------------------------------------------- */
 
 /* The functions every heap allocation of the library goes through (a game's arena, a tracking
- * allocator). They are called from any thread the library runs on, the thread pool's included,
- * so they must be thread-safe. alloc and resize behave like malloc and realloc (size is never 0)
+ * allocator). They are called on the threads that call the library, several at once when contexts
+ * run on several threads, so they must be thread-safe. alloc and resize behave like malloc and realloc (size is never 0)
  * and return NULL on failure, which the library reports as LMOE_ERR_OUT_OF_MEMORY; release is
  * never given NULL. Model weights are memory-mapped (or the caller's buffer), not allocated. */
 typedef struct lmoe_allocator {

@@ -12,7 +12,7 @@ void *mem_alloc(size_t size);                  /* like malloc; size 0 gives a un
 void *mem_calloc(size_t count, size_t size);   /* zeroed; NULL when count * size overflows */
 void *mem_realloc(void *ptr, size_t size);     /* like realloc; on failure ptr stays valid */
 void mem_free(void *ptr);                      /* NULL is ignored */
-/* alignment: a power of two; the block is a multiple of nothing in particular. */
+/* A block whose address is a multiple of alignment (a power of two). */
 void *mem_alloc_aligned(size_t alignment, size_t size);
 void mem_free_aligned(void *ptr);
 /* Blocks allocated and not yet freed, over the whole process. */
