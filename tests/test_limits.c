@@ -152,14 +152,19 @@ static lmoe_status generate_checked(const lmoe_model *m, uint32_t n_ctx,
     return st;
 }
 
-/* Generates greedily and sampled from a model with poisoned weights: must finish normally. */
-static void expect_contained(const char *tensor, float value) {
+/* The tiny model with every element of one tensor set to value. */
+static lmoe_status load_poisoned(const char *tensor, float value, uint8_t **buf, lmoe_model **m) {
     tiny_opts o = {0};
     o.poison_tensor = tensor;
     o.poison_value = value;
+    return load_tiny(&o, buf, m);
+}
+
+/* Generates greedily and sampled from a model with poisoned weights: must finish normally. */
+static void expect_contained(const char *tensor, float value) {
     uint8_t *buf;
     lmoe_model *m;
-    lmoe_status st = load_tiny(&o, &buf, &m);
+    lmoe_status st = load_poisoned(tensor, value, &buf, &m);
     CHECK_MSG(st == LMOE_OK, "%s = %g: load: %s", tensor, (double)value, lmoe_last_error());
     for (int sampled = 0; st == LMOE_OK && sampled <= 1; sampled++) {
         lmoe_sampler_params sp;
@@ -180,12 +185,9 @@ static void expect_contained(const char *tensor, float value) {
 }
 
 static void expect_refused_weights(const char *tensor, float value) {
-    tiny_opts o = {0};
-    o.poison_tensor = tensor;
-    o.poison_value = value;
     uint8_t *buf;
     lmoe_model *m;
-    lmoe_status st = load_tiny(&o, &buf, &m);
+    lmoe_status st = load_poisoned(tensor, value, &buf, &m);
     CHECK_MSG(st == LMOE_ERR_BAD_FILE && strstr(lmoe_last_error(), tensor) &&
                   strstr(lmoe_last_error(), "finite"),
               "%s = %g: status %d (%s), expected LMOE_ERR_BAD_FILE naming the tensor", tensor,
