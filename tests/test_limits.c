@@ -21,7 +21,8 @@
 #include "tiny_model.h"
 
 /* Builds the tiny model with o and loads it from a 32-byte-aligned copy; returns the status, *m
- * on success. The copy must outlive the model: free(*buf) after lmoe_model_free. */
+ * on success. The copy must outlive the model: free(*buf) after lmoe_model_free (a failed load
+ * frees it and leaves *buf NULL). */
 static lmoe_status load_tiny(const tiny_opts *o, uint8_t **buf, lmoe_model **m) {
     uint8_t *bytes = NULL;
     size_t size = 0;
@@ -33,7 +34,12 @@ static lmoe_status load_tiny(const tiny_opts *o, uint8_t **buf, lmoe_model **m) 
     if (*buf) memcpy(*buf, bytes, size);
     mem_free(bytes);
     if (!*buf) return LMOE_ERR_INTERNAL;
-    return lmoe_model_load_from_memory(*buf, size, NULL, m);
+    st = lmoe_model_load_from_memory(*buf, size, NULL, m);
+    if (st != LMOE_OK) {
+        free(*buf);
+        *buf = NULL;
+    }
+    return st;
 }
 
 /* Expects the model with these keys to be refused with status and a message containing word. */
@@ -217,10 +223,7 @@ static void test_contexts(void) {
     uint8_t *buf;
     lmoe_model *m;
     CHECK_OK(load_tiny(&(tiny_opts){0}, &buf, &m));
-    if (!m) {
-        free(buf);
-        return;
-    }
+    if (!m) return;
     lmoe_context_params cp;
     lmoe_context_default_params(&cp, sizeof cp);
     lmoe_context *ctx = NULL;
@@ -250,10 +253,7 @@ static void test_invalid_utf8(void) {
     uint8_t *buf;
     lmoe_model *m;
     CHECK_OK(load_tiny(&(tiny_opts){0}, &buf, &m));
-    if (!m) {
-        free(buf);
-        return;
-    }
+    if (!m) return;
     static const char *const texts[] = {
         "\x80",                       /* a lone continuation byte */
         "a\xbf\x80z",                 /* two of them */
