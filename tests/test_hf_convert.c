@@ -124,13 +124,6 @@ static lmoe_context *make_ctx(const lmoe_model *m, lmoe_routing_fn fn, void *use
     return ctx;
 }
 
-static lmoe_token argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i; /* the lowest id wins ties */
-    return (lmoe_token)best;
-}
-
 static double max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -323,7 +316,7 @@ static void greedy_from_bos(const lmoe_model *m, lmoe_token *out, int n) {
             CHECK_MSG(false, "greedy eval %d: %s", i, lmoe_last_error());
             break;
         }
-        out[i + 1] = argmax(lmoe_logits(ctx), ST_VOCAB);
+        out[i + 1] = test_argmax(lmoe_logits(ctx), ST_VOCAB);
     }
     lmoe_context_free(ctx);
 }
@@ -960,7 +953,7 @@ static void test_f16(const char *f32_gguf) {
         const float *lg = lmoe_logits(ctx);
         if (lg) {
             double d = max_abs_diff(lg, golden, G_VOCAB);
-            lmoe_token top = argmax(lg, G_VOCAB), gtop = argmax(golden, G_VOCAB);
+            lmoe_token top = test_argmax(lg, G_VOCAB), gtop = test_argmax(golden, G_VOCAB);
             printf("2_8 f16: tensor bytes %llu vs f32 %llu (ratio %.4f); last-position logits max "
                    "|diff| from golden %.3g; top-1 %d (golden %d)\n",
                    (unsigned long long)i16.n_bytes, (unsigned long long)i32.n_bytes, ratio, d,

@@ -356,13 +356,6 @@ static double check_trace_golden(const routing_trace *t, const golden *g, const 
  * helpers on logits
  * ---------------------------------------------------------------------------------------------- */
 
-static lmoe_token argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i; /* strict: the lowest id wins ties */
-    return (lmoe_token)best;
-}
-
 static double max_abs_diff(const float *a, const float *b, size_t n, size_t *where) {
     double m = 0;
     size_t at = 0;
@@ -556,7 +549,7 @@ static void check_prompt(const lmoe_model *m, const golden *g, const golden_prom
     lmoe_token greedy[N_GREEDY];
     size_t n_greedy = 0;
     for (size_t i = 0; i < gp->n_greedy && logits; i++) {
-        greedy[n_greedy++] = argmax(logits, g->n_vocab);
+        greedy[n_greedy++] = test_argmax(logits, g->n_vocab);
         if (i + 1 == gp->n_greedy) break;
         lmoe_status st = lmoe_eval(a, &greedy[n_greedy - 1], 1);
         CHECK_MSG(st == LMOE_OK, "%s: greedy eval %zu: %s", label, i, lmoe_last_error());

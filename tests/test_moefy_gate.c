@@ -38,13 +38,6 @@ static void check_invalid(lmoe_status status, const char *word, const char *what
               lmoe_last_error());
 }
 
-static int argmax(const float *v, uint32_t n) {
-    int best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = (int)i;
-    return best;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * random
  * ------------------------------------------------------------------------------------------- */
@@ -292,7 +285,7 @@ static void test_calibrated_top1(void) {
             for (int c = 0; c < D; c++) s += (double)gate[j * D + c] * x[(size_t)t * D + c];
             logits[j] = (float)s;
         }
-        agree += argmax(logits, E) == argmax(y + (size_t)t * E, E);
+        agree += test_argmax(logits, E) == test_argmax(y + (size_t)t * E, E);
     }
     double rate = (double)agree / HELD;
     CHECK_MSG(rate > 0.95, "top-1 agrees on %.1f%% of held-out tokens", 100 * rate);

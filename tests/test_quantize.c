@@ -57,13 +57,6 @@ static int last_logits(const char *path, const lmoe_token *ids, size_t n, float 
     return last_logits_as(path, ids, n, out, n_vocab, 0);
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 static double max_diff(const float *a, const float *b, int n) {
     double d = 0;
     for (int i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
@@ -161,7 +154,7 @@ int main(int argc, char **argv) {
     enum { V = 32000 };
     static float ref[V], got[V];
     CHECK(last_logits(f32, ids, n_ids, ref, V));
-    CHECK(argmax(ref, V) == golden_top1);
+    CHECK(test_argmax(ref, V) == golden_top1);
 
     static const struct { const char *name; ggml_type type; double tolerance; } kinds[] = {
         {"q8_0", GGML_TYPE_Q8_0, 0.05}, {"q4_0", GGML_TYPE_Q4_0, 0.5},
@@ -182,8 +175,8 @@ int main(int argc, char **argv) {
         }
         double d = max_diff(got, ref, V);
         printf("%s: max |logit - f32| = %.3g, top-1 %d (golden %d)\n", kinds[k].name, d,
-               argmax(got, V), golden_top1);
-        CHECK_MSG(argmax(got, V) == golden_top1, "%s: top-1 changed", kinds[k].name);
+               test_argmax(got, V), golden_top1);
+        CHECK_MSG(test_argmax(got, V) == golden_top1, "%s: top-1 changed", kinds[k].name);
         ggml_type t = kinds[k].type;
         if (t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q8_0 || ggml_type_is_r16(t)) {
             int is4 = t == GGML_TYPE_Q4_0 || t == LMOE_TYPE_Q4_0_R16;

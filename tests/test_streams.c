@@ -48,13 +48,6 @@ static lmoe_context *context_for(const lmoe_model *m, routing_log *log, uint32_t
     return ctx;
 }
 
-static lmoe_token argmax(const float *logits, int32_t n) {
-    lmoe_token best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (logits[i] > logits[best]) best = i;
-    return best;
-}
-
 static void prime(lmoe_context *ctx, const lmoe_model *m, const char *prompt) {
     lmoe_token t[64];
     size_t n = 0;
@@ -82,8 +75,8 @@ static void compare(const char *path, const char *label) {
     for (int step = 0; step < N_STEPS; step++) {
         lmoe_token next[N_STREAMS];
         for (int i = 0; i < N_STREAMS; i++) {
-            next[i] = argmax(lmoe_logits(alone[i]), info.n_vocab);
-            token_diff += next[i] != argmax(lmoe_logits(together[i]), info.n_vocab);
+            next[i] = test_argmax(lmoe_logits(alone[i]), info.n_vocab);
+            token_diff += next[i] != test_argmax(lmoe_logits(together[i]), info.n_vocab);
             CHECK_OK(lmoe_eval(alone[i], &next[i], 1));
         }
         CHECK_OK(lmoe_eval_streams(together, next, N_STREAMS));

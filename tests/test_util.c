@@ -27,6 +27,13 @@ int test_finish(const char *name) {
     return test_failures == 0 ? 0 : 1;
 }
 
+int32_t test_argmax(const float *x, size_t n) {
+    size_t best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int32_t)best;
+}
+
 const char *test_model_path(const char *relative) {
     static char path[4096];
     snprintf(path, sizeof path, "%s/%s", LMOE_MODELS_DIR, relative);

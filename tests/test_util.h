@@ -40,6 +40,9 @@ extern int test_checks;
                   lmoe_last_error());                                                               \
     } while (0)
 
+/* The index of the largest of x[0..n) (n >= 1); the lowest index wins ties. */
+int32_t test_argmax(const float *x, size_t n);
+
 /* Checks that no block allocated by the library is alive, prints a summary and returns the
  * process exit code (0 when every check passed). */
 int test_finish(const char *name);
